@@ -1,0 +1,54 @@
+# edgetrain: `make demo` and `make test` do everything on a fresh machine:
+# install the Debian packages that are missing, make .venv with the Python
+# packages, build the C extension in place, then run.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The first python3 on PATH (pyenv's 3.11 here) makes the venv; torch==2.13.0
+# is the CPU wheel for Python 3.11.
+BASE_PYTHON ?= python3
+APT_PACKAGES := python3-dev libopenblas-dev libdnnl-dev dataset-fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Tests use every core we have; benchmarks pin their own thread counts.
+PYTEST_ARGS ?=
+
+.PHONY: build deps apt venv ext test demo bench clean
+
+build: apt venv ext
+
+# Idempotent: installs only the packages dpkg does not report as installed.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# The stamp is newer than pyproject.toml once its dependencies are installed.
+venv: $(VENV)/.deps-stamp
+
+$(VENV)/.deps-stamp: pyproject.toml
+	@[ -x $(PY) ] || $(BASE_PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "numpy>=1.23" tqdm pytest "torch==2.13.0" matplotlib
+	@touch $@
+
+ext: venv
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: build
+	$(PY) -m edgetrain.demo
+
+bench: build
+	$(PY) benchmarks/bench_train_step.py
+
+clean:
+	rm -rf build edgetrain/*.so

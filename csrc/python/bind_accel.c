@@ -1,0 +1,8 @@
+/* bind_accel.c - placeholder until this part lands; registers nothing. */
+#include "common.h"
+
+int et_py_init_accel(PyObject *m)
+{
+    (void)m;
+    return 0;
+}

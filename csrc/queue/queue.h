@@ -1,0 +1,68 @@
+/* queue.h - the accelerator offload queue.
+ *
+ * Why: the accelerator runs in parallel with the CPU. Every heavy product
+ * of training (conv2d / matmul, forward, backward-data, backward-weight) is
+ * a job submitted here and executed, in submission order, by one worker
+ * thread that stands for the accelerator. `submit` returns a ticket at once
+ * (blocking only when the ring is full: back-pressure); `wait(ticket)`
+ * blocks until that job is done and returns its status, with the job's
+ * error message copied into the waiting thread's error buffer. Blocking
+ * use = submit + wait (ggml's compute_async + synchronize).
+ *
+ * Jobs are copied by value into a fixed ring (no malloc per job): a job is a
+ * function pointer plus up to ET_JOB_ARG_MAX bytes of argument. The queue
+ * never owns the memory the job reads or writes: the submitter keeps the
+ * operands alive until it has waited for the ticket (the Python binding
+ * holds references until then). The worker never touches Python.
+ *
+ * Shutdown (et_queue_free) with jobs in flight: the running job finishes,
+ * pending jobs are cancelled (their status becomes ET_ERR_CANCELLED for any
+ * waiter), the worker is joined.
+ */
+#ifndef ET_QUEUE_H
+#define ET_QUEUE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/status.h"
+
+#define ET_JOB_ARG_MAX 1024
+
+typedef struct et_queue et_queue;
+
+/* Runs on the worker thread. `arg` points to the queue's copy of the bytes
+ * given to submit. On failure: return et_error(status, "message"). */
+typedef et_status (*et_job_fn)(void *arg);
+
+/* capacity: ring slots (jobs in flight before submit blocks), >= 1. */
+et_status et_queue_new(int capacity, et_queue **out);
+
+/* Cancels pending jobs, lets the running one finish, joins the worker,
+ * wakes every waiter. NULL-safe. No call on q may start after this one. */
+void et_queue_free(et_queue *q);
+
+/* Copies arg[0:arg_size] into the ring and returns its ticket (1, 2, 3, ...).
+ * Blocks while the ring is full. ET_ERR_VALUE if arg_size > ET_JOB_ARG_MAX,
+ * ET_ERR_CANCELLED if the queue is shutting down. */
+et_status et_queue_submit(et_queue *q, et_job_fn fn, const void *arg, size_t arg_size,
+                          uint64_t *ticket);
+
+/* Blocks until job `ticket` has run; returns its status (its message in this
+ * thread's error buffer). A ticket's error is reported once: a second wait
+ * returns ET_OK. ET_ERR_VALUE for a ticket never issued. */
+et_status et_queue_wait(et_queue *q, uint64_t ticket);
+
+/* Blocks until every job submitted so far has run; returns the first
+ * not-yet-reported error among them (and forgets all of them). */
+et_status et_queue_wait_all(et_queue *q);
+
+uint64_t et_queue_submitted(et_queue *q);   /* tickets issued so far     */
+uint64_t et_queue_completed(et_queue *q);   /* jobs finished (in order)  */
+int et_queue_capacity(et_queue *q);
+
+/* The process-wide accelerator queue every op uses, created on first use
+ * (thread-safe). NULL with an error message if it cannot be created. */
+et_queue *et_queue_default(void);
+
+#endif

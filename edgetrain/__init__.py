@@ -1,0 +1,1 @@
+"""edgetrain (being built)."""
