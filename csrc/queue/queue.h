@@ -42,6 +42,14 @@ et_status et_queue_new(int capacity, et_queue **out);
  * wakes every waiter. NULL-safe. No call on q may start after this one. */
 void et_queue_free(et_queue *q);
 
+/* Shuts q down as et_queue_free does (pending jobs cancelled, running one
+ * finishes, worker joined, waiters woken) but keeps q's memory: wait /
+ * wait_all still report recorded errors and cancellations ("queue: job N
+ * cancelled by shutdown"), submit returns ET_ERR_CANCELLED. Idempotent and
+ * thread-safe; et_queue_free must still be called. (Used by the Python
+ * binding's Queue.close().) */
+void et_queue_close(et_queue *q);
+
 /* Copies arg[0:arg_size] into the ring and returns its ticket (1, 2, 3, ...).
  * Blocks while the ring is full. ET_ERR_VALUE if arg_size > ET_JOB_ARG_MAX,
  * ET_ERR_CANCELLED if the queue is shutting down. */
@@ -50,7 +58,13 @@ et_status et_queue_submit(et_queue *q, et_job_fn fn, const void *arg, size_t arg
 
 /* Blocks until job `ticket` has run; returns its status (its message in this
  * thread's error buffer). A ticket's error is reported once: a second wait
- * returns ET_OK. ET_ERR_VALUE for a ticket never issued. */
+ * returns ET_OK. ET_ERR_VALUE for a ticket never issued.
+ * Failures wait in a table of 64 entries (queue.c); past 64 failed jobs
+ * nobody waited for, newer failures are only counted: wait() on one of them
+ * returns ET_OK and wait_all reports "queue: N job failures were not
+ * recorded, the first in job T ...". Jobs must not wait on, close or free
+ * their own queue (wait/submit-when-full return ET_ERR_INTERNAL instead of
+ * deadlocking; close/free are no-ops there). */
 et_status et_queue_wait(et_queue *q, uint64_t ticket);
 
 /* Blocks until every job submitted so far has run; returns the first
@@ -58,7 +72,8 @@ et_status et_queue_wait(et_queue *q, uint64_t ticket);
 et_status et_queue_wait_all(et_queue *q);
 
 uint64_t et_queue_submitted(et_queue *q);   /* tickets issued so far     */
-uint64_t et_queue_completed(et_queue *q);   /* jobs finished (in order)  */
+uint64_t et_queue_completed(et_queue *q);   /* jobs finished (in order); jobs
+                                               cancelled by shutdown count too */
 int et_queue_capacity(et_queue *q);
 
 /* The process-wide accelerator queue every op uses, created on first use

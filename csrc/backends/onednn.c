@@ -1,0 +1,326 @@
+/* onednn.c - the "inference engine": oneDNN 2.6 forward-inference primitives.
+ *
+ * Why: oneDNN's inference primitives (f32 today; int8 u8.s8->s32 and bf16
+ * next) are the accelerator we drive. One CPU engine and one stream are
+ * created once; conv2d forward and matmul run as primitives on plain
+ * layouts (nchw / oihw or goihw; transposed matmul operands are described
+ * by strides, never copied).
+ *
+ * Building a primitive is expensive (like building a TensorRT engine /
+ * execution context), and an inference runtime can only hold a bounded
+ * number of them: the proposal's authors hit that wall with TensorRT's
+ * execution contexts. So primitives live in OUR bounded LRU cache, keyed by
+ * the full descriptor (op, dtype, shapes, strides, dilations, padding,
+ * groups, transposes, has-bias), default capacity 64, evicting (and
+ * destroying) the least recently used one; hits / misses / evictions are
+ * counted and readable from Python. oneDNN's own global primitive cache is
+ * switched off so that ours is the one measured.
+ *
+ * Locking: only the queue worker executes primitives, but Python may read
+ * the stats or resize the cache at any time, so one mutex guards the cache;
+ * it is held across execution too (an entry must not be destroyed while it
+ * runs).
+ */
+#include "backend.h"
+
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- engine ------------------------------------------------------------ */
+
+static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
+static dnnl_engine_t engine;
+static dnnl_stream_t stream;
+static int engine_ok;
+
+static void engine_init(void)
+{
+    dnnl_set_primitive_cache_capacity(0);   /* ours is the cache we measure */
+    if (dnnl_engine_create(&engine, dnnl_cpu, 0) != dnnl_success) return;
+    if (dnnl_stream_create(&stream, engine, dnnl_stream_default_flags) != dnnl_success) {
+        dnnl_engine_destroy(engine);
+        return;
+    }
+    engine_ok = 1;
+}
+
+int et_onednn_available(void)
+{
+    pthread_once(&engine_once, engine_init);
+    return engine_ok;
+}
+
+/* ---- bounded LRU primitive cache --------------------------------------- */
+
+/* The full descriptor; zero-filled then set, compared with memcmp. */
+typedef struct cache_key {
+    int32_t op, dtype;
+    int64_t v[24];
+} cache_key;
+
+typedef struct cache_entry {
+    cache_key key;
+    dnnl_primitive_t prim;
+    uint64_t last_used;   /* LRU clock; the smallest is evicted */
+} cache_entry;
+
+static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static cache_entry *entries;    /* [capacity], the first `size` used */
+static int64_t cache_size, cache_capacity = 64;
+static int64_t n_hits, n_misses, n_evictions;
+static uint64_t lru_clock;
+
+/* Called with cache_mu held. */
+static void evict_lru(void)
+{
+    int64_t victim = 0;
+    for (int64_t i = 1; i < cache_size; i++)
+        if (entries[i].last_used < entries[victim].last_used) victim = i;
+    dnnl_primitive_destroy(entries[victim].prim);
+    entries[victim] = entries[cache_size - 1];
+    cache_size--;
+    n_evictions++;
+}
+
+static dnnl_primitive_t cache_lookup(const cache_key *k)
+{
+    for (int64_t i = 0; i < cache_size; i++)
+        if (memcmp(&entries[i].key, k, sizeof *k) == 0) {
+            entries[i].last_used = ++lru_clock;
+            n_hits++;
+            return entries[i].prim;
+        }
+    n_misses++;
+    return NULL;
+}
+
+/* Takes ownership of prim (destroyed on failure). */
+static et_status cache_insert(const cache_key *k, dnnl_primitive_t prim)
+{
+    if (!entries) {
+        entries = calloc((size_t)cache_capacity, sizeof *entries);
+        if (!entries) {
+            dnnl_primitive_destroy(prim);
+            return et_error(ET_ERR_NOMEM, "onednn: cannot allocate the primitive cache (%lld entries)",
+                            (long long)cache_capacity);
+        }
+    }
+    while (cache_size >= cache_capacity) evict_lru();
+    entries[cache_size].key = *k;
+    entries[cache_size].prim = prim;
+    entries[cache_size].last_used = ++lru_clock;
+    cache_size++;
+    return ET_OK;
+}
+
+et_status et_onednn_cache_stats(et_cache_stats *out)
+{
+    pthread_mutex_lock(&cache_mu);
+    out->hits = n_hits;
+    out->misses = n_misses;
+    out->evictions = n_evictions;
+    out->size = cache_size;
+    out->capacity = cache_capacity;
+    pthread_mutex_unlock(&cache_mu);
+    return ET_OK;
+}
+
+et_status et_onednn_set_cache_capacity(int64_t capacity)
+{
+    if (capacity < 1 || capacity > (1 << 20))
+        return et_error(ET_ERR_VALUE, "set_cache_capacity: capacity must be in [1, %d], got %lld",
+                        1 << 20, (long long)capacity);
+    pthread_mutex_lock(&cache_mu);
+    while (cache_size > capacity) evict_lru();
+    cache_entry *e = realloc(entries, (size_t)capacity * sizeof *e);
+    if (!e) {
+        pthread_mutex_unlock(&cache_mu);
+        return et_error(ET_ERR_NOMEM, "set_cache_capacity: cannot allocate %lld entries",
+                        (long long)capacity);
+    }
+    entries = e;
+    cache_capacity = capacity;
+    pthread_mutex_unlock(&cache_mu);
+    return ET_OK;
+}
+
+et_status et_onednn_clear_cache(void)
+{
+    pthread_mutex_lock(&cache_mu);
+    for (int64_t i = 0; i < cache_size; i++) dnnl_primitive_destroy(entries[i].prim);
+    cache_size = 0;
+    n_hits = n_misses = n_evictions = 0;
+    pthread_mutex_unlock(&cache_mu);
+    return ET_OK;
+}
+
+/* ---- primitives ----------------------------------------------------------- */
+
+static dnnl_data_type_t dnnl_dt(et_dtype dt)
+{
+    switch (dt) {
+    case ET_F32: return dnnl_f32;
+    case ET_BF16: return dnnl_bf16;
+    case ET_F16: return dnnl_f16;
+    case ET_S8: return dnnl_s8;
+    case ET_U8: return dnnl_u8;
+    case ET_S32: return dnnl_s32;
+    default: return dnnl_data_type_undef;
+    }
+}
+
+#define DNNL_TRY(what, call) do { dnnl_status_t s_ = (call); if (s_ != dnnl_success) { \
+    st = et_error(ET_ERR_BACKEND, "onednn %s: %s failed (%s)", opname, what, \
+                  dnnl_status2str(s_)); goto done; } } while (0)
+
+/* Builds a primitive from an op descriptor. */
+static et_status build(const char *opname, const_dnnl_op_desc_t desc, dnnl_primitive_t *out)
+{
+    et_status st = ET_OK;
+    dnnl_primitive_desc_t pd = NULL;
+    *out = NULL;
+    DNNL_TRY("dnnl_primitive_desc_create", dnnl_primitive_desc_create(&pd, desc, NULL, engine, NULL));
+    DNNL_TRY("dnnl_primitive_create", dnnl_primitive_create(out, pd));
+done:
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    return st;
+}
+
+/* Wraps user pointers as memories, executes, waits, frees the wrappers. */
+static et_status execute(const char *opname, dnnl_primitive_t prim, int n, const int *argid,
+                         const dnnl_memory_desc_t *mds, void *const *ptrs)
+{
+    et_status st = ET_OK;
+    dnnl_exec_arg_t args[4];
+    dnnl_memory_t mem[4] = {NULL, NULL, NULL, NULL};
+    for (int i = 0; i < n; i++) {
+        DNNL_TRY("dnnl_memory_create", dnnl_memory_create(&mem[i], &mds[i], engine, ptrs[i]));
+        args[i].arg = argid[i];
+        args[i].memory = mem[i];
+    }
+    DNNL_TRY("dnnl_primitive_execute", dnnl_primitive_execute(prim, stream, n, args));
+    DNNL_TRY("dnnl_stream_wait", dnnl_stream_wait(stream));
+done:
+    for (int i = 0; i < n; i++) if (mem[i]) dnnl_memory_destroy(mem[i]);
+    return st;
+}
+
+static int onednn_supports(et_op op, et_dtype dt)
+{
+    (void)op;
+    return dt == ET_F32;
+}
+
+static et_status onednn_conv2d(const et_conv2d_args *p)
+{
+    const char *opname = "conv2d";
+    if (!et_onednn_available())
+        return et_error(ET_ERR_BACKEND, "onednn conv2d: the CPU engine could not be created");
+    const int64_t N = p->x.shape[0], C = p->x.shape[1], H = p->x.shape[2], W = p->x.shape[3];
+    const int64_t OC = p->w.shape[0], Cg = p->w.shape[1], KH = p->w.shape[2], KW = p->w.shape[3];
+    const int64_t OH = p->y.shape[2], OW = p->y.shape[3], G = p->groups;
+    const int has_bias = p->bias.data != NULL;
+    const dnnl_data_type_t dt = dnnl_dt(p->x.dtype);
+    et_status st = ET_OK;
+    pthread_mutex_lock(&cache_mu);   /* released at done: */
+
+    dnnl_memory_desc_t md[4];   // src (N,C,H,W), weights (OC,C/G,KH,KW) | (G,OC/G,C/G,KH,KW), dst, bias (OC)
+    dnnl_dims_t xd = {N, C, H, W}, yd = {N, OC, OH, OW}, bd = {OC};
+    dnnl_dims_t wd1 = {OC, Cg, KH, KW}, wdg = {G, OC / G, Cg, KH, KW};
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[0], 4, xd, dt, dnnl_nchw));
+    if (G == 1) DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 4, wd1, dt, dnnl_oihw));
+    else DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 5, wdg, dt, dnnl_goihw));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[2], 4, yd, dt, dnnl_nchw));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[3], 1, bd, dt, dnnl_x));
+
+    cache_key key;
+    memset(&key, 0, sizeof key);
+    key.op = ET_OP_CONV2D;
+    key.dtype = p->x.dtype;
+    int64_t vals[] = {N, C, H, W, OC, Cg, KH, KW, OH, OW, G, has_bias,
+                      p->stride[0], p->stride[1], p->dilation[0], p->dilation[1],
+                      p->pad_lo[0], p->pad_lo[1], p->pad_hi[0], p->pad_hi[1]};
+    memcpy(key.v, vals, sizeof vals);
+
+    dnnl_primitive_t prim = cache_lookup(&key);
+    if (!prim) {
+        dnnl_convolution_desc_t cd;
+        dnnl_dims_t strides = {p->stride[0], p->stride[1]};
+        dnnl_dims_t dil = {p->dilation[0] - 1, p->dilation[1] - 1};   /* oneDNN: 0 = dense */
+        dnnl_dims_t pl = {p->pad_lo[0], p->pad_lo[1]}, pr = {p->pad_hi[0], p->pad_hi[1]};
+        DNNL_TRY("dnnl_dilated_convolution_forward_desc_init",
+                 dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+                     dnnl_convolution_direct, &md[0], &md[1], has_bias ? &md[3] : NULL, &md[2],
+                     strides, dil, pl, pr));
+        st = build(opname, &cd, &prim);
+        if (st == ET_OK) st = cache_insert(&key, prim);
+        if (st != ET_OK) goto done;
+    }
+    {
+        int ids[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
+        void *ptrs[4] = {p->x.data, p->w.data, p->y.data, p->bias.data};
+        st = execute(opname, prim, has_bias ? 4 : 3, ids, md, ptrs);
+    }
+done:
+    pthread_mutex_unlock(&cache_mu);
+    return st;
+}
+
+static et_status onednn_matmul(const et_matmul_args *p)
+{
+    const char *opname = "matmul";
+    if (!et_onednn_available())
+        return et_error(ET_ERR_BACKEND, "onednn matmul: the CPU engine could not be created");
+    const int64_t M = p->y.shape[0], N = p->y.shape[1];
+    const int64_t K = p->trans_a ? p->a.shape[0] : p->a.shape[1];
+    const int has_bias = p->bias.data != NULL;
+    const dnnl_data_type_t dt = dnnl_dt(p->a.dtype);
+    et_status st = ET_OK;
+    pthread_mutex_lock(&cache_mu);   /* released at done: */
+
+    /* a stored (M,K) or, transposed, (K,M): logical (M,K) with strides. */
+    dnnl_memory_desc_t md[4];   // src, weights, dst, bias (1,N)
+    dnnl_dims_t ad = {M, K}, bd = {K, N}, yd = {M, N}, biasd = {1, N};
+    dnnl_dims_t as = {p->trans_a ? 1 : K, p->trans_a ? M : 1};
+    dnnl_dims_t bs = {p->trans_b ? 1 : N, p->trans_b ? K : 1};
+    dnnl_dims_t ys = {N, 1};
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[0], 2, ad, dt, as));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[1], 2, bd, dt, bs));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[2], 2, yd, dt, ys));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[3], 2, biasd, dt, ys));
+
+    cache_key key;
+    memset(&key, 0, sizeof key);
+    key.op = ET_OP_MATMUL;
+    key.dtype = p->a.dtype;
+    int64_t vals[] = {M, N, K, p->trans_a, p->trans_b, has_bias};
+    memcpy(key.v, vals, sizeof vals);
+
+    dnnl_primitive_t prim = cache_lookup(&key);
+    if (!prim) {
+        dnnl_matmul_desc_t d;
+        DNNL_TRY("dnnl_matmul_desc_init",
+                 dnnl_matmul_desc_init(&d, &md[0], &md[1], has_bias ? &md[3] : NULL, &md[2]));
+        st = build(opname, &d, &prim);
+        if (st == ET_OK) st = cache_insert(&key, prim);
+        if (st != ET_OK) goto done;
+    }
+    {
+        int ids[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
+        void *ptrs[4] = {p->a.data, p->b.data, p->y.data, p->bias.data};
+        st = execute(opname, prim, has_bias ? 4 : 3, ids, md, ptrs);
+    }
+done:
+    pthread_mutex_unlock(&cache_mu);
+    return st;
+}
+
+const et_backend et_backend_onednn = {
+    .name = "onednn",
+    .supports = onednn_supports,
+    .matmul = onednn_matmul,
+    .conv2d = onednn_conv2d,
+};

@@ -1,0 +1,430 @@
+/* conv2d.c - see conv2d.h for the math; shapes are commented inline. */
+#include "conv2d.h"
+
+#include <stdio.h>
+#include <string.h>
+
+_Static_assert(sizeof(et_conv2d_args) <= ET_JOB_ARG_MAX, "conv2d job args exceed a queue slot");
+_Static_assert(sizeof(et_matmul_args) <= ET_JOB_ARG_MAX, "matmul job args exceed a queue slot");
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+et_status et_offload_sync(et_job_fn fn, const void *arg, size_t size)
+{
+    et_queue *q = et_queue_default();
+    if (!q) return ET_ERR_BACKEND;   /* et_queue_default set the message */
+    uint64_t t;
+    ET_TRY(et_queue_submit(q, fn, arg, size, &t));
+    return et_queue_wait(q, t);
+}
+
+et_status et_conv2d_shape(const char *op, const et_tensor *x, const et_tensor *w,
+                          const et_tensor *bias, const et_conv2d_params *p, int64_t y[4])
+{
+    char sx[96], sw[96];
+    et_shape_str(x, sx, sizeof sx);
+    et_shape_str(w, sw, sizeof sw);
+    if (x->ndim != 4)
+        return et_error(ET_ERR_VALUE, "%s: input must be 4D (N, C, H, W), got shape %s (weight %s)",
+                        op, sx, sw);
+    if (w->ndim != 4)
+        return et_error(ET_ERR_VALUE, "%s: weight must be 4D (OC, C/groups, KH, KW), got shape %s "
+                        "(input %s)", op, sw, sx);
+    if (x->dtype != ET_F32 || w->dtype != ET_F32)
+        return et_error(ET_ERR_TYPE, "%s: input %s and weight %s must be float32, got %s and %s",
+                        op, sx, sw, et_dtype_name(x->dtype), et_dtype_name(w->dtype));
+    const int64_t G = p->groups;
+    if (G <= 0)
+        return et_error(ET_ERR_VALUE, "%s: groups must be positive, got %lld (input %s, weight %s)",
+                        op, (long long)G, sx, sw);
+    for (int i = 0; i < 2; i++) {
+        if (p->stride[i] <= 0)
+            return et_error(ET_ERR_VALUE, "%s: stride must be positive, got (%lld, %lld) "
+                            "(input %s, weight %s)", op, (long long)p->stride[0],
+                            (long long)p->stride[1], sx, sw);
+        if (p->dilation[i] <= 0)
+            return et_error(ET_ERR_VALUE, "%s: dilation must be positive, got (%lld, %lld) "
+                            "(input %s, weight %s)", op, (long long)p->dilation[0],
+                            (long long)p->dilation[1], sx, sw);
+        if (p->padding[i] < 0)
+            return et_error(ET_ERR_VALUE, "%s: padding must be non-negative, got (%lld, %lld) "
+                            "(input %s, weight %s)", op, (long long)p->padding[0],
+                            (long long)p->padding[1], sx, sw);
+    }
+    for (int i = 0; i < 4; i++)
+        if (x->shape[i] == 0 || w->shape[i] == 0)
+            return et_error(ET_ERR_VALUE, "%s: empty dimension in input %s or weight %s", op, sx, sw);
+    if (w->shape[0] % G != 0)
+        return et_error(ET_ERR_VALUE, "%s: out_channels %lld not divisible by groups %lld "
+                        "(input %s, weight %s)", op, (long long)w->shape[0], (long long)G, sx, sw);
+    if (x->shape[1] != w->shape[1] * G)
+        return et_error(ET_ERR_VALUE, "%s: input channels %lld != weight in_channels*groups %lld "
+                        "(input %s, weight %s, groups %lld)", op, (long long)x->shape[1],
+                        (long long)(w->shape[1] * G), sx, sw, (long long)G);
+    int64_t out[2];
+    for (int i = 0; i < 2; i++) {
+        out[i] = et_conv_out_size(x->shape[2 + i], w->shape[2 + i], p->stride[i], p->padding[i],
+                                  p->padding[i], p->dilation[i]);
+        if (out[i] <= 0)
+            return et_error(ET_ERR_VALUE, "%s: kernel (%lld, %lld) with dilation (%lld, %lld) "
+                            "spans (%lld, %lld), larger than the padded input (%lld, %lld) "
+                            "(input %s, weight %s, padding (%lld, %lld))", op,
+                            (long long)w->shape[2], (long long)w->shape[3],
+                            (long long)p->dilation[0], (long long)p->dilation[1],
+                            (long long)(p->dilation[0] * (w->shape[2] - 1) + 1),
+                            (long long)(p->dilation[1] * (w->shape[3] - 1) + 1),
+                            (long long)(x->shape[2] + 2 * p->padding[0]),
+                            (long long)(x->shape[3] + 2 * p->padding[1]), sx, sw,
+                            (long long)p->padding[0], (long long)p->padding[1]);
+    }
+    if (bias && bias->data) {
+        char sb[96];
+        et_shape_str(bias, sb, sizeof sb);
+        if (bias->dtype != ET_F32)
+            return et_error(ET_ERR_TYPE, "%s: bias %s must be float32, got %s", op, sb,
+                            et_dtype_name(bias->dtype));
+        if (bias->ndim != 1 || bias->shape[0] != w->shape[0])
+            return et_error(ET_ERR_VALUE, "%s: bias %s must be (%lld,) (weight %s)", op, sb,
+                            (long long)w->shape[0], sw);
+    }
+    y[0] = x->shape[0];
+    y[1] = w->shape[0];
+    y[2] = out[0];
+    y[3] = out[1];
+    return ET_OK;
+}
+
+static void fill_args(et_conv2d_args *a, const et_backend *be, int64_t groups)
+{
+    memset(a, 0, sizeof *a);
+    a->backend = be;
+    a->groups = groups;
+}
+
+et_status et_conv2d_forward(const et_backend *be, const et_tensor *x, const et_tensor *w,
+                            const et_tensor *bias, const et_conv2d_params *p, et_tensor *y)
+{
+    int64_t ys[4];
+    ET_TRY(et_conv2d_shape("conv2d_forward", x, w, bias, p, ys));
+    et_conv2d_args a;
+    fill_args(&a, be, p->groups);
+    a.x = *x;
+    a.w = *w;
+    if (bias && bias->data) a.bias = *bias;
+    a.y = *y;
+    for (int i = 0; i < 2; i++) {
+        a.stride[i] = p->stride[i];
+        a.dilation[i] = p->dilation[i];
+        a.pad_lo[i] = a.pad_hi[i] = p->padding[i];
+    }
+    ET_TRY(et_conv2d_check("conv2d_forward", &a));
+    return et_offload_sync(et_conv2d_job, &a, sizeof a);
+}
+
+/* ---- backward-data plan ------------------------------------------------ */
+
+typedef struct dx_plan {
+    et_conv2d_args args;
+    float *dyd;   // (N, OC, Hd, Wd) zero-dilated, cropped dy; NULL when dy is used as is
+    float *wt;    // (C, OC/G, KH, KW) flipped, per-group transposed w
+} dx_plan;
+
+static void dx_plan_free(dx_plan *pl)
+{
+    et_aligned_free(pl->dyd);
+    et_aligned_free(pl->wt);
+    pl->dyd = pl->wt = NULL;
+}
+
+static et_status dx_plan_make(const char *op, const et_backend *be, const et_tensor *dy,
+                              const et_tensor *w, const et_conv2d_params *p, et_tensor *dx,
+                              dx_plan *pl)
+{
+    memset(pl, 0, sizeof *pl);
+    const int64_t N = dx->shape[0], C = dx->shape[1], H = dx->shape[2], W = dx->shape[3];
+    const int64_t OC = w->shape[0], Cg = w->shape[1], KH = w->shape[2], KW = w->shape[3];
+    const int64_t OH = dy->shape[2], OW = dy->shape[3], G = p->groups, OCg = OC / G;
+    const int64_t in[2] = {H, W}, K[2] = {KH, KW}, O[2] = {OH, OW};
+    int64_t crop_lo[2], dd[2];   // dd: spatial size of the dilated, cropped dy
+    fill_args(&pl->args, be, G);
+    for (int i = 0; i < 2; i++) {
+        const int64_t s = p->stride[i], d = p->dilation[i], pad = p->padding[i];
+        const int64_t L = (O[i] - 1) * s + 1;              /* dy dilated by the stride */
+        const int64_t lo = d * (K[i] - 1) - pad;           /* low padding of dilated dy */
+        const int64_t hi = in[i] - L + pad;                /* makes the output exactly in[i] */
+        crop_lo[i] = max64(0, -lo);
+        dd[i] = L - crop_lo[i] - max64(0, -hi);
+        pl->args.pad_lo[i] = max64(0, lo);
+        pl->args.pad_hi[i] = max64(0, hi);
+        pl->args.stride[i] = 1;
+        pl->args.dilation[i] = d;
+    }
+    const float *dyp = dy->data;   // (N, OC, OH, OW)
+    const int copy = !(p->stride[0] == 1 && p->stride[1] == 1 && crop_lo[0] == 0 &&
+                       crop_lo[1] == 0 && dd[0] == OH && dd[1] == OW);
+    int64_t dshape[4] = {N, OC, dd[0], dd[1]};
+    if (copy) {
+        const size_t n = (size_t)(N * OC * dd[0] * dd[1]);
+        pl->dyd = et_aligned_alloc(n * sizeof(float));
+        if (!pl->dyd) return et_error(ET_ERR_NOMEM, "%s: cannot allocate dilated grad_output "
+                                      "(%lld, %lld, %lld, %lld)", op, (long long)N, (long long)OC,
+                                      (long long)dd[0], (long long)dd[1]);
+        memset(pl->dyd, 0, n * sizeof(float));
+        const int64_t s0 = p->stride[0], s1 = p->stride[1];
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t nc = 0; nc < N * OC; nc++) {
+            const float *src = dyp + nc * OH * OW;
+            float *dst = pl->dyd + nc * dd[0] * dd[1];
+            for (int64_t oh = 0; oh < OH; oh++) {
+                const int64_t r = oh * s0 - crop_lo[0];
+                if (r < 0 || r >= dd[0]) continue;
+                for (int64_t ow = 0; ow < OW; ow++) {
+                    const int64_t c = ow * s1 - crop_lo[1];
+                    if (c >= 0 && c < dd[1]) dst[r * dd[1] + c] = src[oh * OW + ow];
+                }
+            }
+        }
+        ET_TRY(et_tensor_view(&pl->args.x, pl->dyd, ET_F32, 4, dshape));
+    } else {
+        pl->args.x = *dy;
+    }
+    /* wt[g*Cg + c, o, kh, kw] = w[g*OCg + o, c, KH-1-kh, KW-1-kw] */
+    const size_t nw = (size_t)(OC * Cg * KH * KW);
+    pl->wt = et_aligned_alloc(nw * sizeof(float));
+    if (!pl->wt) {
+        dx_plan_free(pl);
+        return et_error(ET_ERR_NOMEM, "%s: cannot allocate the transposed weight (%lld floats)",
+                        op, (long long)nw);
+    }
+    const float *wp = w->data;   // (OC, C/G, KH, KW)
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t c = 0; c < Cg; c++)
+            for (int64_t o = 0; o < OCg; o++) {
+                const float *src = wp + ((g * OCg + o) * Cg + c) * KH * KW;
+                float *dst = pl->wt + ((g * Cg + c) * OCg + o) * KH * KW;
+                for (int64_t k = 0; k < KH * KW; k++) dst[k] = src[KH * KW - 1 - k];
+            }
+    int64_t wshape[4] = {C, OCg, KH, KW};
+    et_status st = et_tensor_view(&pl->args.w, pl->wt, ET_F32, 4, wshape);
+    if (st == ET_OK) {
+        pl->args.y = *dx;
+        st = et_conv2d_check(op, &pl->args);
+    }
+    if (st != ET_OK) dx_plan_free(pl);
+    return st;
+}
+
+/* ---- backward-weight plan -------------------------------------------------- */
+
+typedef struct dw_plan {
+    et_conv2d_args args;
+    float *xt;    // (C/G, G*N, H, W): xt[c, g*N + n] = x[n, g*C/G + c]; NULL when x is used as is
+    float *dyt;   // (OC, N, OH, OW): dyt[o, n] = dy[n, o]; NULL when dy is used as is
+    float *out;   // (C/G, OC, KHo, KWo), KHo >= KH (leftover rows), cropped on finish
+} dw_plan;
+
+static void dw_plan_free(dw_plan *pl)
+{
+    et_aligned_free(pl->xt);
+    et_aligned_free(pl->dyt);
+    et_aligned_free(pl->out);
+    pl->xt = pl->dyt = pl->out = NULL;
+}
+
+static et_status dw_plan_make(const char *op, const et_backend *be, const et_tensor *dy,
+                              const et_tensor *x, const et_conv2d_params *p, const et_tensor *dw,
+                              dw_plan *pl)
+{
+    memset(pl, 0, sizeof *pl);
+    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t OC = dw->shape[0], Cg = dw->shape[1], KH = dw->shape[2], KW = dw->shape[3];
+    const int64_t OH = dy->shape[2], OW = dy->shape[3], G = p->groups;
+    const int64_t in[2] = {H, W}, K[2] = {KH, KW}, O[2] = {OH, OW};
+    int64_t ko[2];
+    fill_args(&pl->args, be, G);
+    for (int i = 0; i < 2; i++) {
+        const int64_t s = p->stride[i], d = p->dilation[i], pad = p->padding[i];
+        /* high padding that makes the output exactly K (never more than pad) */
+        const int64_t need = (O[i] - 1) * s - pad + (K[i] - 1) * d - (in[i] - 1);
+        pl->args.stride[i] = d;
+        pl->args.dilation[i] = s;
+        pl->args.pad_lo[i] = pad;
+        pl->args.pad_hi[i] = max64(0, need);
+        ko[i] = et_conv_out_size(in[i], O[i], d, pad, pl->args.pad_hi[i], s);
+    }
+    et_status st = ET_OK;
+    const float *xp = x->data, *dyp = dy->data;
+    /* x' (C/G, G*N, H, W) */
+    int64_t xs[4] = {Cg, G * N, H, W};
+    if (N == 1 && G == 1) {
+        ET_TRY(et_tensor_view(&pl->args.x, (void *)xp, ET_F32, 4, xs));   /* same bytes */
+    } else {
+        pl->xt = et_aligned_alloc((size_t)(N * C * H * W) * sizeof(float));
+        if (!pl->xt) return et_error(ET_ERR_NOMEM, "%s: cannot allocate transposed input %lld floats",
+                                     op, (long long)(N * C * H * W));
+        const int64_t HW = H * W;
+        for (int64_t c = 0; c < Cg; c++)
+            for (int64_t g = 0; g < G; g++)
+                for (int64_t n = 0; n < N; n++)
+                    memcpy(pl->xt + ((c * G + g) * N + n) * HW, xp + (n * C + g * Cg + c) * HW,
+                           (size_t)HW * sizeof(float));
+        ET_TRY(et_tensor_view(&pl->args.x, pl->xt, ET_F32, 4, xs));
+    }
+    /* dy' (OC, N, OH, OW) */
+    int64_t ds[4] = {OC, N, OH, OW};
+    if (N == 1) {
+        st = et_tensor_view(&pl->args.w, (void *)dyp, ET_F32, 4, ds);
+    } else {
+        pl->dyt = et_aligned_alloc((size_t)(N * OC * OH * OW) * sizeof(float));
+        if (!pl->dyt) {
+            dw_plan_free(pl);
+            return et_error(ET_ERR_NOMEM, "%s: cannot allocate transposed grad_output", op);
+        }
+        const int64_t OHW = OH * OW;
+        for (int64_t o = 0; o < OC; o++)
+            for (int64_t n = 0; n < N; n++)
+                memcpy(pl->dyt + (o * N + n) * OHW, dyp + (n * OC + o) * OHW,
+                       (size_t)OHW * sizeof(float));
+        st = et_tensor_view(&pl->args.w, pl->dyt, ET_F32, 4, ds);
+    }
+    if (st != ET_OK) { dw_plan_free(pl); return st; }
+    int64_t os[4] = {Cg, OC, ko[0], ko[1]};
+    pl->out = et_aligned_alloc((size_t)(Cg * OC * ko[0] * ko[1]) * sizeof(float));
+    if (!pl->out) {
+        dw_plan_free(pl);
+        return et_error(ET_ERR_NOMEM, "%s: cannot allocate the weight-gradient buffer", op);
+    }
+    st = et_tensor_view(&pl->args.y, pl->out, ET_F32, 4, os);
+    if (st == ET_OK) st = et_conv2d_check(op, &pl->args);
+    if (st != ET_OK) dw_plan_free(pl);
+    return st;
+}
+
+/* out (C/G, OC, KHo, KWo) -> dw (OC, C/G, KH, KW), cropping the leftover rows. */
+static void dw_plan_finish(const dw_plan *pl, et_tensor *dw)
+{
+    const int64_t OC = dw->shape[0], Cg = dw->shape[1], KH = dw->shape[2], KW = dw->shape[3];
+    const int64_t KHo = pl->args.y.shape[2], KWo = pl->args.y.shape[3];
+    float *d = dw->data;
+    for (int64_t o = 0; o < OC; o++)
+        for (int64_t c = 0; c < Cg; c++)
+            for (int64_t kh = 0; kh < KH; kh++)
+                memcpy(d + ((o * Cg + c) * KH + kh) * KW,
+                       pl->out + ((c * OC + o) * KHo + kh) * KWo, (size_t)KW * sizeof(float));
+}
+
+static void bias_grad(const et_tensor *dy, et_tensor *db)
+{
+    const int64_t N = dy->shape[0], OC = dy->shape[1], OHW = dy->shape[2] * dy->shape[3];
+    const float *g = dy->data;   // (N, OC, OH*OW)
+    float *b = db->data;         // (OC)
+    for (int64_t o = 0; o < OC; o++) {
+        double acc = 0.0;
+        for (int64_t n = 0; n < N; n++) {
+            const float *row = g + (n * OC + o) * OHW;
+            float s = 0.0f;
+#pragma omp simd reduction(+:s)
+            for (int64_t j = 0; j < OHW; j++) s += row[j];
+            acc += s;
+        }
+        b[o] = (float)acc;
+    }
+}
+
+static et_status check_grad(const char *op, const et_tensor *dy, const int64_t ys[4],
+                            const et_tensor *x, const et_tensor *w)
+{
+    char sd[96], sx[96], sw[96];
+    if (dy->dtype != ET_F32)
+        return et_error(ET_ERR_TYPE, "%s: grad_output %s must be float32, got %s", op,
+                        et_shape_str(dy, sd, sizeof sd), et_dtype_name(dy->dtype));
+    if (dy->ndim != 4 || dy->shape[0] != ys[0] || dy->shape[1] != ys[1] ||
+        dy->shape[2] != ys[2] || dy->shape[3] != ys[3])
+        return et_error(ET_ERR_VALUE, "%s: grad_output %s must have the output shape "
+                        "(%lld, %lld, %lld, %lld) (input %s, weight %s)", op,
+                        et_shape_str(dy, sd, sizeof sd), (long long)ys[0], (long long)ys[1],
+                        (long long)ys[2], (long long)ys[3], et_shape_str(x, sx, sizeof sx),
+                        et_shape_str(w, sw, sizeof sw));
+    return ET_OK;
+}
+
+static et_status check_out(const char *op, const char *what, const et_tensor *t, const et_tensor *like)
+{
+    char s1[96], s2[96];
+    if (t->dtype != ET_F32 || t->ndim != like->ndim ||
+        memcmp(t->shape, like->shape, sizeof(int64_t) * (size_t)like->ndim) != 0)
+        return et_error(ET_ERR_VALUE, "%s: %s %s must be float32 of shape %s", op, what,
+                        et_shape_str(t, s1, sizeof s1), et_shape_str(like, s2, sizeof s2));
+    return ET_OK;
+}
+
+static et_status conv2d_backward(const char *op, const et_backend *be, const et_tensor *dy,
+                                 const et_tensor *x, const et_tensor *w, const et_conv2d_params *p,
+                                 et_tensor *dx, et_tensor *dw, et_tensor *db)
+{
+    int64_t ys[4];
+    ET_TRY(et_conv2d_shape(op, x, w, NULL, p, ys));
+    ET_TRY(check_grad(op, dy, ys, x, w));
+    if (dx) ET_TRY(check_out(op, "grad_input", dx, x));
+    if (dw) ET_TRY(check_out(op, "grad_weight", dw, w));
+    if (db && (db->dtype != ET_F32 || db->ndim != 1 || db->shape[0] != w->shape[0]))
+        return et_error(ET_ERR_VALUE, "%s: grad_bias must be float32 (%lld,)", op,
+                        (long long)w->shape[0]);
+    et_queue *q = NULL;
+    if (dx || dw) {
+        q = et_queue_default();
+        if (!q) return ET_ERR_BACKEND;
+    }
+    dx_plan px;
+    dw_plan pw;
+    memset(&px, 0, sizeof px);
+    memset(&pw, 0, sizeof pw);
+    if (dx) ET_TRY(dx_plan_make(op, be, dy, w, p, dx, &px));
+    if (dw) {
+        et_status st = dw_plan_make(op, be, dy, x, p, dw, &pw);
+        if (st != ET_OK) { dx_plan_free(&px); return st; }
+    }
+    /* submit both back to back; the CPU sums db while they run */
+    uint64_t tx = 0, tw = 0;
+    et_status sx = ET_OK, sw = ET_OK;
+    if (dx) sx = et_queue_submit(q, et_conv2d_job, &px.args, sizeof px.args, &tx);
+    if (dw) sw = et_queue_submit(q, et_conv2d_job, &pw.args, sizeof pw.args, &tw);
+    if (db) bias_grad(dy, db);
+    /* wait for every submitted ticket before freeing the buffers they read */
+    char msg[ET_ERRMSG_MAX] = "";
+    et_status first = ET_OK;
+    if (dx) {
+        if (sx == ET_OK) sx = et_queue_wait(q, tx);
+        if (sx != ET_OK) { first = sx; snprintf(msg, sizeof msg, "%s", et_error_message()); }
+    }
+    if (dw) {
+        if (sw == ET_OK) sw = et_queue_wait(q, tw);
+        if (sw != ET_OK && first == ET_OK) { first = sw; snprintf(msg, sizeof msg, "%s", et_error_message()); }
+    }
+    if (dw && sw == ET_OK) dw_plan_finish(&pw, dw);
+    dx_plan_free(&px);
+    dw_plan_free(&pw);
+    if (first != ET_OK) et_error_set_message(msg);
+    return first;
+}
+
+et_status et_conv2d_backward(const et_backend *be, const et_tensor *dy, const et_tensor *x,
+                             const et_tensor *w, const et_conv2d_params *p,
+                             et_tensor *dx, et_tensor *dw, et_tensor *db)
+{
+    return conv2d_backward("conv2d_backward", be, dy, x, w, p, dx, dw, db);
+}
+
+et_status et_conv2d_backward_data(const et_backend *be, const et_tensor *dy, const et_tensor *w,
+                                  const et_conv2d_params *p, et_tensor *dx)
+{
+    /* dx's shape stands for x's (its values are not read) */
+    return conv2d_backward("conv2d_backward_data", be, dy, dx, w, p, dx, NULL, NULL);
+}
+
+et_status et_conv2d_backward_weight(const et_backend *be, const et_tensor *dy, const et_tensor *x,
+                                    const et_conv2d_params *p, et_tensor *dw)
+{
+    /* dw's shape stands for w's */
+    return conv2d_backward("conv2d_backward_weight", be, dy, x, dw, p, NULL, dw, NULL);
+}
