@@ -1,0 +1,155 @@
+"""Training-step time: edgetrain (each backend, fp32) vs PyTorch eager fp32.
+
+Same machine, same run, same thread count, same initial weights and batch;
+warm-up steps are excluded; each figure is the median of --steps measured
+steps. Results go to benchmarks/results/train_step_fp32.{json,md} (written
+atomically) with the machine's description.
+
+    .venv/bin/python benchmarks/bench_train_step.py [--steps 7] [--threads N]
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import edgetrain as et  # noqa: E402
+
+CASES = [
+    # (name, builder kwargs, input shape without batch, batch)
+    ("lenet", dict(), (1, 28, 28), 128),
+    ("resnet18_small", dict(small_input=True, num_classes=10), (3, 32, 32), 32),
+]
+
+
+def machine():
+    cpu = platform.processor() or "unknown cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "system": platform.platform()}
+
+
+def et_model(name, kw):
+    return et.models.lenet(**kw) if name == "lenet" else et.models.resnet18(**kw)
+
+
+def torch_model(name, kw):
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    import torch_ref  # the plain-torch.nn reference models of the test suite
+    return torch_ref.TorchLeNet(**kw) if name == "lenet" else torch_ref.torch_resnet("resnet18", **kw)
+
+
+def time_steps(step, warmup, steps):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def atomic_write(path, text):
+    d = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--backends", default=",".join(b for b in et.backends() if b != "ref"))
+    args = ap.parse_args()
+
+    import torch
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    rows = []
+    for name, kw, shape, batch in CASES:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((batch,) + shape).astype(np.float32)
+        y = rng.integers(0, 10, batch).astype(np.int64)
+
+        tm = torch_model(name, kw)
+        tm.train()
+        topt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+        def torch_step():
+            topt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(tm(tx), ty)
+            loss.backward()
+            topt.step()
+
+        t_torch, _ = time_steps(torch_step, args.warmup, args.steps)
+        rows.append(dict(model=name, batch=batch, framework="pytorch", backend="-",
+                         median_s=t_torch, ratio=1.0))
+        print(f"{name:16s} b{batch:<4d} pytorch          {t_torch * 1e3:9.1f} ms", flush=True)
+
+        for b in args.backends.split(","):
+            model = et_model(name, kw)
+            model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+            model.train()
+            opt = et.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            ex, ey = et.from_numpy(x), et.tensor(y, dtype="int64")
+
+            def et_step():
+                opt.zero_grad()
+                loss = et.nn.functional.cross_entropy(model(ex), ey)
+                loss.backward()
+                opt.step()
+
+            with et.backend(b):
+                t_et, _ = time_steps(et_step, args.warmup, args.steps)
+            rows.append(dict(model=name, batch=batch, framework="edgetrain", backend=b,
+                             median_s=t_et, ratio=t_torch / t_et))
+            print(f"{name:16s} b{batch:<4d} edgetrain/{b:7s}{t_et * 1e3:9.1f} ms  "
+                  f"speed-up vs pytorch {t_torch / t_et:5.2f}x", flush=True)
+
+    info = dict(machine=machine(), threads=args.threads, steps=args.steps,
+                warmup=args.warmup, torch=torch.__version__, precision="fp32", rows=rows)
+    out = os.path.join(HERE, "results")
+    os.makedirs(out, exist_ok=True)
+    atomic_write(os.path.join(out, "train_step_fp32.json"), json.dumps(info, indent=2) + "\n")
+    lines = [f"# Training step, fp32: edgetrain vs PyTorch {torch.__version__}", "",
+             f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores; "
+             f"threads {args.threads}; median of {args.steps} steps after {args.warmup} "
+             f"warm-up steps; SGD momentum, cross-entropy, random data.", "",
+             "| model | batch | framework | backend | median step (ms) | speed-up vs PyTorch |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['framework']} | {r['backend']} | "
+                     f"{r['median_s'] * 1e3:.1f} | {r['ratio']:.2f}x |")
+    atomic_write(os.path.join(out, "train_step_fp32.md"), "\n".join(lines) + "\n")
+    print("wrote benchmarks/results/train_step_fp32.{json,md}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Reverse-mode autograd, PyTorch semantics, tinygrad-sized.
+
+A differentiable op is a `Function` subclass with two static methods working
+on NumPy arrays:
+
+    class Mul(Function):
+        @staticmethod
+        def forward(ctx, a, b):          # Tensor arguments arrive as ndarrays
+            ctx.save_for_backward(a, b)
+            return a * b                 # one ndarray
+        @staticmethod
+        def backward(ctx, grad):         # grad: ndarray shaped like the output
+            a, b = ctx.saved_tensors
+            return grad * b, grad * a    # one entry per forward argument
+                                         # (None: no gradient for it)
+
+`Mul.apply(x, y)` runs forward and, when grad mode is on and an input needs
+a gradient, records the call (the ctx object is the output's `grad_fn`).
+`Tensor.backward()` walks the recorded graph in reverse topological order
+(iteratively: deep ResNets do not hit the recursion limit), accumulates into
+the leaves' `.grad` and frees the saved arrays unless `retain_graph=True`.
+"""
+import contextlib
+import functools
+
+import numpy as np
+
+_grad_enabled = True
+
+
+def is_grad_enabled():
+    return _grad_enabled
+
+
+def set_grad_enabled_(mode):
+    global _grad_enabled
+    _grad_enabled = bool(mode)
+
+
+class _GradMode(contextlib.ContextDecorator):
+    _mode = True
+
+    def __init__(self):
+        self._prev = []
+
+    def __enter__(self):
+        self._prev.append(is_grad_enabled())
+        set_grad_enabled_(self._mode)
+        return self
+
+    def __exit__(self, *exc):
+        set_grad_enabled_(self._prev.pop())
+        return False
+
+
+class no_grad(_GradMode):
+    """Context manager / decorator: no graph is recorded inside."""
+    _mode = False
+
+
+class enable_grad(_GradMode):
+    """Context manager / decorator: re-enables recording inside no_grad."""
+    _mode = True
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """`set_grad_enabled(False)` as a call sets the mode; as a context
+    manager it restores the previous mode on exit (as PyTorch's)."""
+
+    def __init__(self, mode):
+        self._prev = is_grad_enabled()
+        set_grad_enabled_(mode)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        set_grad_enabled_(self._prev)
+        return False
+
+
+class Function:
+    """Base class of differentiable ops; an instance is a graph node."""
+
+    def __init__(self):
+        self.needs_input_grad = ()
+        self.inputs = ()                 # Tensor (or None) per forward argument
+        self.saved_tensors = ()
+        self._freed = False
+        self._retained = None            # output tensor asking retain_grad()
+
+    def save_for_backward(self, *arrays):
+        self.saved_tensors = arrays
+
+    # -- graph introspection (PyTorch-like) --
+    def name(self):
+        return type(self).__name__ + "Backward0"
+
+    def __repr__(self):
+        return f"<{self.name()} object at {hex(id(self))}>"
+
+    @property
+    def next_functions(self):
+        out = []
+        for t in self.inputs:
+            if t is None or not t.requires_grad:
+                out.append((None, 0))
+            elif t.grad_fn is not None:
+                out.append((t.grad_fn, 0))
+            else:
+                out.append((AccumulateGrad(t), 0))
+        return tuple(out)
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *args, **kwargs):
+        from .tensor import Tensor
+        ctx = cls()
+        raw = [a._data if isinstance(a, Tensor) else a for a in args]
+        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        record = _grad_enabled and any(needs)
+        ctx.needs_input_grad = needs
+        out = cls.forward(ctx, *raw, **kwargs)
+        if not isinstance(out, np.ndarray):
+            out = np.asarray(out)
+        if record:
+            ctx.inputs = tuple(a if isinstance(a, Tensor) else None for a in args)
+            t = Tensor._wrap(out, requires_grad=True)
+            t.grad_fn = ctx
+            return t
+        ctx.saved_tensors = ()
+        return Tensor._wrap(out)
+
+
+class AccumulateGrad:
+    """Stand-in node for a leaf in next_functions (introspection only)."""
+
+    def __init__(self, variable):
+        self.variable = variable
+        self.next_functions = ()
+
+    def name(self):
+        return "AccumulateGrad"
+
+    def __repr__(self):
+        return f"<AccumulateGrad object at {hex(id(self))}>"
+
+
+def _accumulate_leaf(t, g):
+    from .tensor import Tensor
+    if g.shape != t.shape:
+        g = np.broadcast_to(g, t.shape)
+    if g.dtype != t._data.dtype:
+        g = g.astype(t._data.dtype)
+    if t.grad is None:
+        # a new tensor (never aliasing the upstream array), like PyTorch
+        t.grad = Tensor._wrap(np.array(g, copy=True))
+    else:
+        t.grad._data += g
+
+
+_FREED_MSG = ("Trying to backward through the graph a second time (or directly "
+              "access saved tensors after they have already been freed). Saved "
+              "intermediate values of the graph are freed when you call "
+              ".backward(). Specify retain_graph=True if you need to backward "
+              "through the graph a second time.")
+
+
+def run_backward(root, grad, retain_graph=False):
+    """Backpropagates `grad` (ndarray shaped like root) from tensor `root`."""
+    if root.grad_fn is None:
+        if root.requires_grad:           # a leaf: d root / d root
+            _accumulate_leaf(root, grad)
+        return
+    # Topological order of the nodes reachable from root (iterative DFS).
+    order, seen = [], {id(root.grad_fn)}
+    stack = [(root.grad_fn, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        stack.append((node, True))
+        for t in node.inputs:
+            if t is not None and t.grad_fn is not None and id(t.grad_fn) not in seen:
+                seen.add(id(t.grad_fn))
+                stack.append((t.grad_fn, False))
+    grads = {id(root.grad_fn): grad}
+    for node in reversed(order):         # consumers before producers
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        if node._freed:
+            raise RuntimeError(_FREED_MSG)
+        if node._retained is not None:
+            _accumulate_leaf(node._retained, g)
+        in_grads = node.backward(node, g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        if len(in_grads) < len(node.inputs):
+            in_grads = in_grads + (None,) * (len(node.inputs) - len(in_grads))
+        for t, ig in zip(node.inputs, in_grads):
+            if t is None or ig is None or not t.requires_grad:
+                continue
+            ig = np.asarray(ig)
+            if ig.shape != t.shape:
+                raise RuntimeError(f"Function {node.name()} returned an invalid "
+                                   f"gradient: got shape {ig.shape}, expected {t.shape}")
+            if t.grad_fn is None:
+                _accumulate_leaf(t, ig)
+            else:
+                key = id(t.grad_fn)
+                prev = grads.get(key)
+                grads[key] = ig if prev is None else prev + ig
+        if not retain_graph:
+            node.saved_tensors = ()
+            node._freed = True
+
+
+__all__ = ["Function", "no_grad", "enable_grad", "set_grad_enabled",
+           "is_grad_enabled"]
