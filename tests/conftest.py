@@ -18,6 +18,9 @@ MNIST10K_DIR = Path(os.environ.get("EDGETRAIN_MNIST10K", REPO_ROOT.parent / "sha
 try:  # torch is the reference in tests only
     import torch
 
+    # One thread count for the whole suite: torch's reductions and max-pool
+    # tie-breaking depend on it, and the training-parity tolerances were measured
+    # at 2 threads (this machine's cores).
     torch.set_num_threads(2)
 except ImportError:  # pragma: no cover - tests needing torch importorskip it
     torch = None
