@@ -68,5 +68,6 @@ int et_py_init_tensor(PyObject *m);
 int et_py_init_queue(PyObject *m);
 int et_py_init_accel(PyObject *m);
 int et_py_init_kernels(PyObject *m);
+int et_py_init_quant(PyObject *m);
 
 #endif
