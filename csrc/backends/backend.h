@@ -16,10 +16,18 @@
  * The tensors are borrowed views (storage may be NULL): the submitter keeps
  * the memory alive until it has waited for the ticket.
  *
- * Dtypes: fp32 today. A backend says what it runs through supports(op,
- * dtype) (dtype = the dtype of the first operand: f32, and later u8 for
- * u8.s8->s32 int8, bf16, f16); an unsupported combination fails with
- * ET_ERR_UNSUPPORTED naming the backend, op and dtype.
+ * Dtypes (see LOWP.md). A primitive call is one of five operand
+ * combinations, named by the dtype of its FIRST operand (matmul a, conv x):
+ *   ET_F32 : f32  x f32  (+ f32 bias) -> f32
+ *   ET_U8  : u8   x s8   (no bias)    -> s32   exact integer result, no scales
+ *   ET_S8  : s8   x s8   (no bias)    -> s32   (the dequantize epilogue is the
+ *                                              quantizer's, it adds the bias)
+ *   ET_BF16: bf16 x bf16 (+ f32 bias) -> f32
+ *   ET_F16 : f16  x f16  (+ f32 bias) -> f32
+ * The tensors carry their dtypes; et_*_check enforces the combination.
+ * A backend says what it runs itself through supports(op, dtype); a
+ * combination it lacks runs on `ref` instead (et_backend_resolve: counted
+ * per (backend, op, dtype), warned once by the Python layer).
  */
 #ifndef ET_BACKEND_H
 #define ET_BACKEND_H
@@ -89,6 +97,46 @@ et_status et_conv2d_job(void *arg);
 /* Synchronous dispatch (validate + run on this thread): used by the jobs. */
 et_status et_matmul_run(const et_matmul_args *a);
 et_status et_conv2d_run(const et_conv2d_args *a);
+
+/* The operand combination named by the first operand's dtype `src`: sets
+ * the second operand's and the output's dtypes and whether an f32 bias is
+ * allowed; 0 when `src` starts no combination. */
+int et_combo(et_dtype src, et_dtype *wei, et_dtype *out, int *bias_ok);
+/* "f32", "u8", "s8", "bf16", "f16", ... (fallback keys) */
+const char *et_dtype_short(et_dtype dt);
+
+/* The backend that actually runs (op, dtype) asked of b: b itself when
+ * b->supports(op, dtype), else `ref`; each fallback is counted. Called once
+ * per dispatched job (et_matmul_run / et_conv2d_run). */
+const et_backend *et_backend_resolve(const et_backend *b, et_op op, et_dtype dt);
+
+/* Fallback bookkeeping, per (backend, op, dtype): how many jobs ran on ref
+ * instead, and a "warned" flag that the Python layer sets when it has
+ * turned the first fallback into a warnings.warn (warn once). */
+typedef struct et_fallback_stat {
+    const char *backend;
+    et_op op;
+    et_dtype dtype;
+    int64_t count;
+    int warned;
+} et_fallback_stat;
+/* Copies up to `max` entries with count > 0 into out; returns how many exist. */
+int et_fallback_stats(et_fallback_stat *out, int max);
+/* Marks up to `max` not-yet-warned entries (count > 0) as warned and copies
+ * them into out: each combination is returned by exactly one call. */
+int et_fallback_take_unwarned(et_fallback_stat *out, int max);
+void et_fallback_reset(void);   /* zeroes counts and warned flags */
+
+/* Exact conversion of a bf16 / f16 tensor into a new 64-byte-aligned f32
+ * buffer (free with et_aligned_free); f32 is copied. Every bf16 and f16
+ * value (subnormals, +-Inf, NaN) is exactly representable in f32. */
+et_status et_lowp_to_f32(const char *op, const et_tensor *t, float **out);
+float et_f16_to_f32(uint16_t h);
+static inline float et_bf16_to_f32(uint16_t h)
+{
+    union { uint32_t u; float f; } v = {.u = (uint32_t)h << 16};
+    return v.f;
+}
 
 /* "backend 'x': <op> with dtype <d> is not supported" */
 et_status et_backend_unsupported(const et_backend *b, et_op op, et_dtype dt);

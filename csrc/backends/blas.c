@@ -6,6 +6,17 @@
  * where cols = im2col(x_g), except for 1x1 stride-1 unpadded convs whose
  * input plane already is the (C/G, H*W) matrix; for batches of small images
  * (OH*OW < 256) the batch is folded into one gemm per group instead.
+ *
+ * Low precision (LOWP.md): OpenBLAS 0.3.21 has no integer gemm, so int8
+ * (u8|s8 x s8 -> s32) is declared unsupported here and runs on `ref`
+ * (registry.c's counted fallback). bf16 matmul runs OpenBLAS's own
+ * cblas_sbgemm (bf16 operands, f32 accumulation and output) when the
+ * library exports it: cblas.h always declares it, but Debian's 0.3.21 is
+ * built without BUILD_BFLOAT16 and has no such symbol, so it is a weak
+ * reference checked at run time. Otherwise, and for bf16 conv and every
+ * f16 product, the operands are widened to f32 exactly inside this backend
+ * (products of bf16/f16 values are exact in f32) and sgemm runs: OpenBLAS
+ * has no f16 gemm.
  */
 #include "backend.h"
 
@@ -14,13 +25,90 @@
 
 #include "../kernels/im2col.h"
 
+/* NULL at run time when libopenblas was built without bf16 (Debian's). */
+#pragma weak cblas_sbgemm
+
 static int blas_supports(et_op op, et_dtype dt)
 {
     (void)op;
-    return dt == ET_F32;
+    return dt == ET_F32 || dt == ET_BF16 || dt == ET_F16;
+}
+
+static et_status blas_matmul_f32(const et_matmul_args *p);
+static et_status blas_conv2d_f32(const et_conv2d_args *p);
+
+/* bf16: y(M,N) f32 = op(a) bf16 . op(b) bf16 (+ bias) through cblas_sbgemm. */
+static et_status blas_matmul_bf16(const et_matmul_args *p)
+{
+    const int64_t M = p->y.shape[0], N = p->y.shape[1];
+    const int64_t K = p->trans_a ? p->a.shape[0] : p->a.shape[1];
+    float *y = p->y.data;   // (M, N) f32
+    float beta = 0.0f;
+    if (p->bias.data) {
+        const float *bias = p->bias.data;   // (N) f32
+        for (int64_t i = 0; i < M; i++) memcpy(y + i * N, bias, (size_t)N * sizeof(float));
+        beta = 1.0f;
+    }
+    cblas_sbgemm(CblasRowMajor, p->trans_a ? CblasTrans : CblasNoTrans,
+                 p->trans_b ? CblasTrans : CblasNoTrans, (blasint)M, (blasint)N, (blasint)K,
+                 1.0f, (const bfloat16 *)p->a.data, (blasint)p->a.shape[1],
+                 (const bfloat16 *)p->b.data, (blasint)p->b.shape[1], beta, y, (blasint)N);
+    return ET_OK;
+}
+
+/* f16 matmul, bf16/f16 conv: widen both operands to f32 exactly, run sgemm. */
+static et_status blas_matmul_widened(const et_matmul_args *p)
+{
+    et_matmul_args q = *p;
+    float *fa = NULL, *fb = NULL;
+    et_status st = et_lowp_to_f32("blas matmul", &p->a, &fa);
+    if (st == ET_OK) st = et_lowp_to_f32("blas matmul", &p->b, &fb);
+    if (st == ET_OK) {
+        q.a.data = fa; q.a.dtype = ET_F32;
+        q.b.data = fb; q.b.dtype = ET_F32;
+        st = blas_matmul_f32(&q);
+    }
+    et_aligned_free(fa);
+    et_aligned_free(fb);
+    return st;
+}
+
+static et_status blas_conv2d_widened(const et_conv2d_args *p)
+{
+    et_conv2d_args q = *p;
+    float *fx = NULL, *fw = NULL;
+    et_status st = et_lowp_to_f32("blas conv2d", &p->x, &fx);
+    if (st == ET_OK) st = et_lowp_to_f32("blas conv2d", &p->w, &fw);
+    if (st == ET_OK) {
+        q.x.data = fx; q.x.dtype = ET_F32;
+        q.w.data = fw; q.w.dtype = ET_F32;
+        st = blas_conv2d_f32(&q);
+    }
+    et_aligned_free(fx);
+    et_aligned_free(fw);
+    return st;
 }
 
 static et_status blas_matmul(const et_matmul_args *p)
+{
+    switch (p->a.dtype) {
+    case ET_F32: return blas_matmul_f32(p);
+    case ET_BF16: return cblas_sbgemm ? blas_matmul_bf16(p) : blas_matmul_widened(p);
+    case ET_F16: return blas_matmul_widened(p);
+    default: return et_backend_unsupported(&et_backend_blas, ET_OP_MATMUL, p->a.dtype);
+    }
+}
+
+static et_status blas_conv2d(const et_conv2d_args *p)
+{
+    switch (p->x.dtype) {
+    case ET_F32: return blas_conv2d_f32(p);
+    case ET_BF16: case ET_F16: return blas_conv2d_widened(p);
+    default: return et_backend_unsupported(&et_backend_blas, ET_OP_CONV2D, p->x.dtype);
+    }
+}
+
+static et_status blas_matmul_f32(const et_matmul_args *p)
 {
     const int64_t M = p->y.shape[0], N = p->y.shape[1];
     const int64_t K = p->trans_a ? p->a.shape[0] : p->a.shape[1];
@@ -72,7 +160,7 @@ static et_status blas_conv2d_folded(const et_conv2d_args *p, float *cols, float 
     return ET_OK;
 }
 
-static et_status blas_conv2d(const et_conv2d_args *p)
+static et_status blas_conv2d_f32(const et_conv2d_args *p)
 {
     const int64_t N = p->x.shape[0], C = p->x.shape[1], H = p->x.shape[2], W = p->x.shape[3];
     const int64_t OC = p->w.shape[0], KH = p->w.shape[2], KW = p->w.shape[3];

@@ -16,6 +16,29 @@
  * counted and readable from Python. oneDNN's own global primitive cache is
  * switched off so that ours is the one measured.
  *
+ * Low precision (LOWP.md): int8 runs oneDNN's u8|s8 x s8 -> s32 matmul and
+ * convolution primitives with no scales or zero points (the s32 result is
+ * the exact integer sum; the dequantize epilogue is the quantizer's). bf16
+ * and f16 (-> f32 dst, f32 bias) first try oneDNN's own bf16 / f16
+ * primitives; where this oneDNN build / CPU has none (dnnl_unimplemented:
+ * oneDNN 2.6 needs AVX-512 for bf16 and has no f16 on x64 CPUs), the
+ * operands are widened to f32 exactly inside this backend and the f32
+ * primitive runs (products of bf16/f16 values are exact in f32;
+ * accumulation is f32). That decision is made once per (op, dtype).
+ *
+ * int8 exactness without VNNI: on CPUs without AVX512-VNNI / AVX-VNNI (this
+ * project's AVX2 machines) oneDNN 2.6 multiplies u8 x s8 with vpmaddubsw,
+ * which adds PAIRS of products into a SATURATING int16 (s8 sources are
+ * shifted by +128 to u8 first). Measured here: full-range u8 x s8 matmuls
+ * are off by up to ~9e4. The pair sum is bounded by 2 * max(u8 operand) *
+ * max|s8 operand|; when that bound is <= 32767 (e.g. 7-bit "reduce_range"
+ * activations, as fbgemm uses on such CPUs) one primitive run is exact.
+ * Otherwise the weight-side operand is split into nibbles, b = 16*hi + lo
+ * (hi = b >> 4 in [-8, 7], lo = b & 15 in [0, 15]): both runs stay below
+ * 2*255*15 = 7650, and y = 16*y_hi + y_lo is exact (two runs of the SAME
+ * cached primitive). The operand scan costs O(inputs), not O(products).
+ * The cache key holds the src, weight and dst dtypes.
+ *
  * Locking: only the queue worker executes primitives, but Python may read
  * the stats or resize the cache at any time, so one mutex guards the cache;
  * it is held across execution too (an entry must not be destroyed while it
@@ -25,7 +48,9 @@
 
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
+#include <omp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,13 +201,18 @@ static dnnl_data_type_t dnnl_dt(et_dtype dt)
     st = et_error(ET_ERR_BACKEND, "onednn %s: %s failed (%s)", opname, what, \
                   dnnl_status2str(s_)); goto done; } } while (0)
 
-/* Builds a primitive from an op descriptor. */
-static et_status build(const char *opname, const_dnnl_op_desc_t desc, dnnl_primitive_t *out)
+/* Builds a primitive from an op descriptor; *why (may be NULL) receives
+ * the primitive-descriptor creation status (dnnl_unimplemented: no
+ * implementation of these dtypes here). */
+static et_status build(const char *opname, const_dnnl_op_desc_t desc, dnnl_primitive_t *out,
+                       dnnl_status_t *why)
 {
     et_status st = ET_OK;
     dnnl_primitive_desc_t pd = NULL;
     *out = NULL;
-    DNNL_TRY("dnnl_primitive_desc_create", dnnl_primitive_desc_create(&pd, desc, NULL, engine, NULL));
+    dnnl_status_t s0 = dnnl_primitive_desc_create(&pd, desc, NULL, engine, NULL);
+    if (why) *why = s0;
+    DNNL_TRY("dnnl_primitive_desc_create", s0);
     DNNL_TRY("dnnl_primitive_create", dnnl_primitive_create(out, pd));
 done:
     if (pd) dnnl_primitive_desc_destroy(pd);
@@ -208,10 +238,141 @@ done:
     return st;
 }
 
+/* int8 convolution is declared unsupported for now: with the plain nchw /
+ * oihw layouts this backend uses, oneDNN 2.6 picks its reference
+ * ref_int8:any kernel (measured: 888 ms vs 8 ms f32 gemm:jit for a
+ * 2x64x28x28 3x3 conv); its jit int8 kernels want nhwc + blocked weights,
+ * i.e. reorders (to do). Until then int8 convs run on ref (counted
+ * fallback), which is faster than that. The code path below stays (it is
+ * exact, with the nibble split) for when supports() says yes. */
 static int onednn_supports(et_op op, et_dtype dt)
 {
-    (void)op;
-    return dt == ET_F32;
+    if (op == ET_OP_CONV2D && (dt == ET_U8 || dt == ET_S8)) return 0;
+    return dt == ET_F32 || dt == ET_U8 || dt == ET_S8 || dt == ET_BF16 || dt == ET_F16;
+}
+
+/* 1 once oneDNN answered dnnl_unimplemented for a bf16 / f16 (op, dtype):
+ * from then on that combination is widened to f32 here. */
+static _Atomic int no_native[ET_OP_COUNT][ET_DTYPE_COUNT];
+
+static int widenable(et_dtype dt) { return dt == ET_BF16 || dt == ET_F16; }
+
+int et_onednn_native(et_op op, et_dtype dt);   /* for LOWP.md's table / tests */
+int et_onednn_native(et_op op, et_dtype dt)
+{
+    return !(widenable(dt) && no_native[op][dt]);
+}
+
+static et_status onednn_conv2d(const et_conv2d_args *p);
+static et_status onednn_matmul(const et_matmul_args *p);
+
+/* 1 when the CPU oneDNN uses has VNNI (u8.s8 dot products into int32). */
+static int have_vnni(void)
+{
+    const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+    return (isa & (0x40 | 0x400)) != 0;   /* avx512_core_vnni (and up), avx2_vnni */
+}
+
+/* 1 when one run of oneDNN's int8 kernel cannot saturate its int16 pair
+ * sums for these operands: u (the u8 / s8 source, n bytes) and s (the s8
+ * weight-side operand, m bytes). */
+static int int8_single_pass(et_dtype udt, const void *u, int64_t n, const int8_t *s, int64_t m)
+{
+    if (have_vnni()) return 1;
+    int umax = 0, smax = 0;
+    if (udt == ET_U8) {
+        const uint8_t *a = u;
+        uint8_t mx = 0;
+#pragma omp simd reduction(max:mx)
+        for (int64_t i = 0; i < n; i++) mx = a[i] > mx ? a[i] : mx;
+        umax = mx;
+    } else {   /* s8 sources run as s + 128 (or as |s|): bound both */
+        const int8_t *a = u;
+        int8_t mx = -128, mn = 127;
+#pragma omp simd reduction(max:mx) reduction(min:mn)
+        for (int64_t i = 0; i < n; i++) { mx = a[i] > mx ? a[i] : mx; mn = a[i] < mn ? a[i] : mn; }
+        umax = mx + 128;
+        if (-mn > umax) umax = -mn;
+    }
+    int8_t mx = -128, mn = 127;
+#pragma omp simd reduction(max:mx) reduction(min:mn)
+    for (int64_t i = 0; i < m; i++) { mx = s[i] > mx ? s[i] : mx; mn = s[i] < mn ? s[i] : mn; }
+    smax = mx > -mn ? mx : -mn;
+    return 2 * umax * smax <= 32767;
+}
+
+/* Runs an int8 primitive whose weight-side operand (argument slot `wi`,
+ * `m` bytes) is split into nibbles: y = 16 * prim(.., hi) + prim(.., lo).
+ * ptrs[yi] is the s32 output of `ny` elements. */
+static et_status execute(const char *opname, dnnl_primitive_t prim, int n, const int *argid,
+                         const dnnl_memory_desc_t *mds, void *const *ptrs);
+
+static et_status execute_split(const char *opname, dnnl_primitive_t prim, int n, const int *argid,
+                               const dnnl_memory_desc_t *mds, void *const *ptrs, int wi, int64_t m,
+                               int yi, int64_t ny)
+{
+    int8_t *hi = et_aligned_alloc((size_t)(m > 0 ? m : 1));
+    int8_t *lo = et_aligned_alloc((size_t)(m > 0 ? m : 1));
+    int32_t *ylo = et_aligned_alloc((size_t)(ny > 0 ? ny : 1) * sizeof(int32_t));
+    et_status st = ET_OK;
+    if (!hi || !lo || !ylo) {
+        st = et_error(ET_ERR_NOMEM, "onednn %s: cannot allocate the int8 nibble split buffers "
+                      "(%lld + %lld bytes)", opname, (long long)(2 * m), (long long)(4 * ny));
+        goto out;
+    }
+    const int8_t *w = ptrs[wi];
+    for (int64_t i = 0; i < m; i++) {
+        hi[i] = (int8_t)(w[i] >> 4);     /* arithmetic shift: floor(w / 16), in [-8, 7] */
+        lo[i] = (int8_t)(w[i] & 15);     /* w - 16*hi, in [0, 15] */
+    }
+    void *q[4];
+    for (int i = 0; i < n; i++) q[i] = ptrs[i];
+    q[wi] = hi;
+    if ((st = execute(opname, prim, n, argid, mds, q)) != ET_OK) goto out;
+    q[wi] = lo;
+    q[yi] = ylo;
+    if ((st = execute(opname, prim, n, argid, mds, q)) != ET_OK) goto out;
+    int32_t *y = ptrs[yi];
+    /* wrap-around int32 arithmetic, as the int32 accumulator of a VNNI run */
+#pragma omp parallel for schedule(static) if (ny > 65536 && !omp_in_parallel())
+    for (int64_t i = 0; i < ny; i++) y[i] = (int32_t)((uint32_t)y[i] * 16u + (uint32_t)ylo[i]);
+out:
+    et_aligned_free(hi);
+    et_aligned_free(lo);
+    et_aligned_free(ylo);
+    return st;
+}
+
+static et_status onednn_conv2d_widened(const et_conv2d_args *p)
+{
+    et_conv2d_args q = *p;
+    float *fx = NULL, *fw = NULL;
+    et_status st = et_lowp_to_f32("onednn conv2d", &p->x, &fx);
+    if (st == ET_OK) st = et_lowp_to_f32("onednn conv2d", &p->w, &fw);
+    if (st == ET_OK) {
+        q.x.data = fx; q.x.dtype = ET_F32;
+        q.w.data = fw; q.w.dtype = ET_F32;
+        st = onednn_conv2d(&q);
+    }
+    et_aligned_free(fx);
+    et_aligned_free(fw);
+    return st;
+}
+
+static et_status onednn_matmul_widened(const et_matmul_args *p)
+{
+    et_matmul_args q = *p;
+    float *fa = NULL, *fb = NULL;
+    et_status st = et_lowp_to_f32("onednn matmul", &p->a, &fa);
+    if (st == ET_OK) st = et_lowp_to_f32("onednn matmul", &p->b, &fb);
+    if (st == ET_OK) {
+        q.a.data = fa; q.a.dtype = ET_F32;
+        q.b.data = fb; q.b.dtype = ET_F32;
+        st = onednn_matmul(&q);
+    }
+    et_aligned_free(fa);
+    et_aligned_free(fb);
+    return st;
 }
 
 static et_status onednn_conv2d(const et_conv2d_args *p)
@@ -223,7 +384,10 @@ static et_status onednn_conv2d(const et_conv2d_args *p)
     const int64_t OC = p->w.shape[0], Cg = p->w.shape[1], KH = p->w.shape[2], KW = p->w.shape[3];
     const int64_t OH = p->y.shape[2], OW = p->y.shape[3], G = p->groups;
     const int has_bias = p->bias.data != NULL;
-    const dnnl_data_type_t dt = dnnl_dt(p->x.dtype);
+    if (widenable(p->x.dtype) && no_native[ET_OP_CONV2D][p->x.dtype]) return onednn_conv2d_widened(p);
+    const dnnl_data_type_t dt = dnnl_dt(p->x.dtype), wdt = dnnl_dt(p->w.dtype),
+                           ydt = dnnl_dt(p->y.dtype);
+    int widen = 0;
     et_status st = ET_OK;
     pthread_mutex_lock(&cache_mu);   /* released at done: */
 
@@ -231,10 +395,10 @@ static et_status onednn_conv2d(const et_conv2d_args *p)
     dnnl_dims_t xd = {N, C, H, W}, yd = {N, OC, OH, OW}, bd = {OC};
     dnnl_dims_t wd1 = {OC, Cg, KH, KW}, wdg = {G, OC / G, Cg, KH, KW};
     DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[0], 4, xd, dt, dnnl_nchw));
-    if (G == 1) DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 4, wd1, dt, dnnl_oihw));
-    else DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 5, wdg, dt, dnnl_goihw));
-    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[2], 4, yd, dt, dnnl_nchw));
-    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[3], 1, bd, dt, dnnl_x));
+    if (G == 1) DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 4, wd1, wdt, dnnl_oihw));
+    else DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 5, wdg, wdt, dnnl_goihw));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[2], 4, yd, ydt, dnnl_nchw));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[3], 1, bd, dnnl_f32, dnnl_x));
 
     cache_key key;
     memset(&key, 0, sizeof key);
@@ -242,7 +406,8 @@ static et_status onednn_conv2d(const et_conv2d_args *p)
     key.dtype = p->x.dtype;
     int64_t vals[] = {N, C, H, W, OC, Cg, KH, KW, OH, OW, G, has_bias,
                       p->stride[0], p->stride[1], p->dilation[0], p->dilation[1],
-                      p->pad_lo[0], p->pad_lo[1], p->pad_hi[0], p->pad_hi[1]};
+                      p->pad_lo[0], p->pad_lo[1], p->pad_hi[0], p->pad_hi[1],
+                      p->w.dtype, p->y.dtype};
     memcpy(key.v, vals, sizeof vals);
 
     dnnl_primitive_t prim = cache_lookup(&key);
@@ -255,17 +420,33 @@ static et_status onednn_conv2d(const et_conv2d_args *p)
                  dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
                      dnnl_convolution_direct, &md[0], &md[1], has_bias ? &md[3] : NULL, &md[2],
                      strides, dil, pl, pr));
-        st = build(opname, &cd, &prim);
+        dnnl_status_t why = dnnl_success;
+        st = build(opname, &cd, &prim, &why);
+        if (st != ET_OK && why == dnnl_unimplemented && widenable(p->x.dtype)) {
+            no_native[ET_OP_CONV2D][p->x.dtype] = 1;   /* no bf16/f16 conv here: widen */
+            widen = 1;
+            goto done;
+        }
         if (st == ET_OK) st = cache_insert(&key, prim);
         if (st != ET_OK) goto done;
     }
     {
         int ids[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
         void *ptrs[4] = {p->x.data, p->w.data, p->y.data, p->bias.data};
-        st = execute(opname, prim, has_bias ? 4 : 3, ids, md, ptrs);
+        const int int8 = p->x.dtype == ET_U8 || p->x.dtype == ET_S8;
+        if (int8 && !int8_single_pass(p->x.dtype, p->x.data, et_tensor_numel(&p->x), p->w.data,
+                                      et_tensor_numel(&p->w)))
+            st = execute_split(opname, prim, 3, ids, md, ptrs, 1, et_tensor_numel(&p->w), 2,
+                               et_tensor_numel(&p->y));
+        else
+            st = execute(opname, prim, has_bias ? 4 : 3, ids, md, ptrs);
     }
 done:
     pthread_mutex_unlock(&cache_mu);
+    if (widen) {
+        et_error_clear();
+        return onednn_conv2d_widened(p);
+    }
     return st;
 }
 
@@ -277,7 +458,10 @@ static et_status onednn_matmul(const et_matmul_args *p)
     const int64_t M = p->y.shape[0], N = p->y.shape[1];
     const int64_t K = p->trans_a ? p->a.shape[0] : p->a.shape[1];
     const int has_bias = p->bias.data != NULL;
-    const dnnl_data_type_t dt = dnnl_dt(p->a.dtype);
+    if (widenable(p->a.dtype) && no_native[ET_OP_MATMUL][p->a.dtype]) return onednn_matmul_widened(p);
+    const dnnl_data_type_t dt = dnnl_dt(p->a.dtype), wdt = dnnl_dt(p->b.dtype),
+                           ydt = dnnl_dt(p->y.dtype);
+    int widen = 0;
     et_status st = ET_OK;
     pthread_mutex_lock(&cache_mu);   /* released at done: */
 
@@ -288,15 +472,15 @@ static et_status onednn_matmul(const et_matmul_args *p)
     dnnl_dims_t bs = {p->trans_b ? 1 : N, p->trans_b ? K : 1};
     dnnl_dims_t ys = {N, 1};
     DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[0], 2, ad, dt, as));
-    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[1], 2, bd, dt, bs));
-    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[2], 2, yd, dt, ys));
-    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[3], 2, biasd, dt, ys));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[1], 2, bd, wdt, bs));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[2], 2, yd, ydt, ys));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_strides(&md[3], 2, biasd, dnnl_f32, ys));
 
     cache_key key;
     memset(&key, 0, sizeof key);
     key.op = ET_OP_MATMUL;
     key.dtype = p->a.dtype;
-    int64_t vals[] = {M, N, K, p->trans_a, p->trans_b, has_bias};
+    int64_t vals[] = {M, N, K, p->trans_a, p->trans_b, has_bias, p->b.dtype, p->y.dtype};
     memcpy(key.v, vals, sizeof vals);
 
     dnnl_primitive_t prim = cache_lookup(&key);
@@ -304,17 +488,31 @@ static et_status onednn_matmul(const et_matmul_args *p)
         dnnl_matmul_desc_t d;
         DNNL_TRY("dnnl_matmul_desc_init",
                  dnnl_matmul_desc_init(&d, &md[0], &md[1], has_bias ? &md[3] : NULL, &md[2]));
-        st = build(opname, &d, &prim);
+        dnnl_status_t why = dnnl_success;
+        st = build(opname, &d, &prim, &why);
+        if (st != ET_OK && why == dnnl_unimplemented && widenable(p->a.dtype)) {
+            no_native[ET_OP_MATMUL][p->a.dtype] = 1;   /* no bf16/f16 matmul here: widen */
+            widen = 1;
+            goto done;
+        }
         if (st == ET_OK) st = cache_insert(&key, prim);
         if (st != ET_OK) goto done;
     }
     {
         int ids[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
         void *ptrs[4] = {p->a.data, p->b.data, p->y.data, p->bias.data};
-        st = execute(opname, prim, has_bias ? 4 : 3, ids, md, ptrs);
+        const int int8 = p->a.dtype == ET_U8 || p->a.dtype == ET_S8;
+        if (int8 && !int8_single_pass(p->a.dtype, p->a.data, M * K, p->b.data, K * N))
+            st = execute_split(opname, prim, 3, ids, md, ptrs, 1, K * N, 2, M * N);
+        else
+            st = execute(opname, prim, has_bias ? 4 : 3, ids, md, ptrs);
     }
 done:
     pthread_mutex_unlock(&cache_mu);
+    if (widen) {
+        et_error_clear();
+        return onednn_matmul_widened(p);
+    }
     return st;
 }
 

@@ -7,6 +7,8 @@
  */
 #include "backend.h"
 
+#include <omp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -87,6 +89,64 @@ int64_t et_conv_out_size(int64_t in, int64_t k, int64_t stride, int64_t pad_lo,
 
 /* ---- checks ------------------------------------------------------------- */
 
+/* Low-precision operand combinations (backend.h). */
+int et_combo(et_dtype src, et_dtype *wei, et_dtype *out, int *bias_ok)
+{
+    switch (src) {
+    case ET_F32: *wei = ET_F32; *out = ET_F32; *bias_ok = 1; return 1;
+    case ET_BF16: *wei = ET_BF16; *out = ET_F32; *bias_ok = 1; return 1;
+    case ET_F16: *wei = ET_F16; *out = ET_F32; *bias_ok = 1; return 1;
+    case ET_U8:
+    case ET_S8: *wei = ET_S8; *out = ET_S32; *bias_ok = 0; return 1;
+    default: return 0;
+    }
+}
+
+const char *et_dtype_short(et_dtype dt)
+{
+    static const char *n[ET_DTYPE_COUNT] = {"f32", "f16", "bf16", "s8", "u8", "s32", "s64"};
+    return (dt >= 0 && dt < ET_DTYPE_COUNT) ? n[dt] : "?";
+}
+
+/* "" for fp32 (the historical messages), else " (uint8 x int8 -> int32 products)" */
+static const char *combo_hint(et_dtype src, char *buf, size_t n)
+{
+    et_dtype w, o;
+    int bias_ok;
+    if (src == ET_F32 || !et_combo(src, &w, &o, &bias_ok)) return "";
+    snprintf(buf, n, " (%s x %s -> %s products)", et_dtype_name(src), et_dtype_name(w),
+             et_dtype_name(o));
+    return buf;
+}
+
+/* The first operand's dtype must start a combination. */
+static et_status check_combo(const char *op, const char *what, const et_tensor *t,
+                             const et_backend *b, et_op o)
+{
+    et_dtype w, y;
+    int bias_ok;
+    char s[96];
+    if (!et_combo(t->dtype, &w, &y, &bias_ok))
+        return et_error(ET_ERR_TYPE, "%s: %s %s has dtype %s; the primitives take float32, "
+                        "bfloat16, float16, uint8 or int8 first operands", op, what,
+                        et_shape_str(t, s, sizeof s), et_dtype_name(t->dtype));
+    /* ref runs every combination: anything else a backend lacks falls back */
+    if (!b->supports(o, t->dtype) && !et_backend_ref.supports(o, t->dtype))
+        return et_backend_unsupported(b, o, t->dtype);
+    return ET_OK;
+}
+
+static et_status check_tensor_hint(const char *op, const char *what, const et_tensor *t,
+                                   int ndim, et_dtype dt, et_dtype src)
+{
+    char s[96], h[96];
+    if (t->data && t->dtype != dt)
+        return et_error(ET_ERR_TYPE, "%s: %s %s has dtype %s, expected %s%s", op, what,
+                        et_shape_str(t, s, sizeof s), et_dtype_name(t->dtype), et_dtype_name(dt),
+                        combo_hint(src, h, sizeof h));
+    return ET_OK;
+}
+
 static et_status check_tensor(const char *op, const char *what, const et_tensor *t,
                               int ndim, et_dtype dt)
 {
@@ -109,13 +169,19 @@ static et_status check_tensor(const char *op, const char *what, const et_tensor 
 et_status et_matmul_check(const char *op, const et_matmul_args *a)
 {
     if (!a->backend) return et_error(ET_ERR_VALUE, "%s: no backend given", op);
-    et_dtype dt = a->a.dtype;
-    if (!a->backend->supports(ET_OP_MATMUL, dt))
-        return et_backend_unsupported(a->backend, ET_OP_MATMUL, dt);
-    /* fp32 today: every operand float32 (int8 will bring u8.s8->s32 here) */
+    et_dtype dt = a->a.dtype, wdt, ydt;
+    int bias_ok;
+    ET_TRY(check_combo(op, "a", &a->a, a->backend, ET_OP_MATMUL));
+    et_combo(dt, &wdt, &ydt, &bias_ok);
+    ET_TRY(check_tensor_hint(op, "b", &a->b, 2, wdt, dt));
+    ET_TRY(check_tensor_hint(op, "out", &a->y, 2, ydt, dt));
     ET_TRY(check_tensor(op, "a", &a->a, 2, dt));
-    ET_TRY(check_tensor(op, "b", &a->b, 2, dt));
-    ET_TRY(check_tensor(op, "out", &a->y, 2, dt));
+    ET_TRY(check_tensor(op, "b", &a->b, 2, wdt));
+    ET_TRY(check_tensor(op, "out", &a->y, 2, ydt));
+    if (a->bias.data && !bias_ok)
+        return et_error(ET_ERR_UNSUPPORTED, "%s: %s x %s -> %s products take no bias (the "
+                        "dequantize epilogue adds it in float32)", op, et_dtype_name(dt),
+                        et_dtype_name(wdt), et_dtype_name(ydt));
     int64_t M = a->trans_a ? a->a.shape[1] : a->a.shape[0];
     int64_t K = a->trans_a ? a->a.shape[0] : a->a.shape[1];
     int64_t Kb = a->trans_b ? a->b.shape[1] : a->b.shape[0];
@@ -132,7 +198,8 @@ et_status et_matmul_check(const char *op, const et_matmul_args *a)
                         et_shape_str(&a->a, sa, sizeof sa), a->trans_a ? "^T" : "",
                         et_shape_str(&a->b, sb, sizeof sb), a->trans_b ? "^T" : "");
     if (a->bias.data) {
-        ET_TRY(check_tensor(op, "bias", &a->bias, 1, dt));
+        ET_TRY(check_tensor_hint(op, "bias", &a->bias, 1, ET_F32, dt));
+        ET_TRY(check_tensor(op, "bias", &a->bias, 1, ET_F32));
         if (a->bias.shape[0] != N)
             return et_error(ET_ERR_VALUE, "%s: bias %s must be (%lld,) for out (%lld, %lld)", op,
                             et_shape_str(&a->bias, sb, sizeof sb), (long long)N,
@@ -147,12 +214,19 @@ et_status et_matmul_check(const char *op, const et_matmul_args *a)
 et_status et_conv2d_check(const char *op, const et_conv2d_args *a)
 {
     if (!a->backend) return et_error(ET_ERR_VALUE, "%s: no backend given", op);
-    et_dtype dt = a->x.dtype;
-    if (!a->backend->supports(ET_OP_CONV2D, dt))
-        return et_backend_unsupported(a->backend, ET_OP_CONV2D, dt);
+    et_dtype dt = a->x.dtype, wdt, ydt;
+    int bias_ok;
+    ET_TRY(check_combo(op, "input", &a->x, a->backend, ET_OP_CONV2D));
+    et_combo(dt, &wdt, &ydt, &bias_ok);
+    ET_TRY(check_tensor_hint(op, "weight", &a->w, 4, wdt, dt));
+    ET_TRY(check_tensor_hint(op, "output", &a->y, 4, ydt, dt));
     ET_TRY(check_tensor(op, "input", &a->x, 4, dt));
-    ET_TRY(check_tensor(op, "weight", &a->w, 4, dt));
-    ET_TRY(check_tensor(op, "output", &a->y, 4, dt));
+    ET_TRY(check_tensor(op, "weight", &a->w, 4, wdt));
+    ET_TRY(check_tensor(op, "output", &a->y, 4, ydt));
+    if (a->bias.data && !bias_ok)
+        return et_error(ET_ERR_UNSUPPORTED, "%s: %s x %s -> %s products take no bias (the "
+                        "dequantize epilogue adds it in float32)", op, et_dtype_name(dt),
+                        et_dtype_name(wdt), et_dtype_name(ydt));
     char sx[96], sw[96], sy[96];
     et_shape_str(&a->x, sx, sizeof sx);
     et_shape_str(&a->w, sw, sizeof sw);
@@ -195,7 +269,8 @@ et_status et_conv2d_check(const char *op, const et_conv2d_args *a)
                         "(input %s, weight %s)", op, sy, (long long)xs[0], (long long)ws[0],
                         (long long)OH, (long long)OW, sx, sw);
     if (a->bias.data) {
-        ET_TRY(check_tensor(op, "bias", &a->bias, 1, dt));
+        ET_TRY(check_tensor_hint(op, "bias", &a->bias, 1, ET_F32, dt));
+        ET_TRY(check_tensor(op, "bias", &a->bias, 1, ET_F32));
         if (a->bias.shape[0] != ws[0]) {
             char sb[96];
             return et_error(ET_ERR_VALUE, "%s: bias %s must be (%lld,) (weight %s)", op,
@@ -207,18 +282,122 @@ et_status et_conv2d_check(const char *op, const et_conv2d_args *a)
 
 /* ---- dispatch -------------------------------------------------------------- */
 
+/* ---- fallback to ref (ggml style: the dispatcher asks supports() once) ---- */
+
+static _Atomic int64_t fb_count[N_ALL][ET_OP_COUNT][ET_DTYPE_COUNT];
+static _Atomic int fb_warned[N_ALL][ET_OP_COUNT][ET_DTYPE_COUNT];
+
+static int backend_index(const et_backend *b)
+{
+    for (int i = 0; i < N_ALL; i++) if (all_backends[i] == b) return i;
+    return -1;
+}
+
+const et_backend *et_backend_resolve(const et_backend *b, et_op op, et_dtype dt)
+{
+    if (b->supports(op, dt) && (op == ET_OP_MATMUL ? b->matmul != NULL : b->conv2d != NULL))
+        return b;
+    int i = backend_index(b);
+    if (i >= 0 && op >= 0 && op < ET_OP_COUNT && dt >= 0 && dt < ET_DTYPE_COUNT)
+        atomic_fetch_add(&fb_count[i][op][dt], 1);
+    return &et_backend_ref;
+}
+
+static int fb_collect(et_fallback_stat *out, int max, int take)
+{
+    int n = 0;
+    for (int i = 0; i < N_ALL; i++)
+        for (int o = 0; o < ET_OP_COUNT; o++)
+            for (int d = 0; d < ET_DTYPE_COUNT; d++) {
+                int64_t c = atomic_load(&fb_count[i][o][d]);
+                if (c == 0) continue;
+                int w = atomic_load(&fb_warned[i][o][d]);
+                if (take) {
+                    if (n >= max) return n;   /* the rest stay unwarned for the next call */
+                    if (atomic_exchange(&fb_warned[i][o][d], 1)) continue;   /* someone else */
+                }
+                if (n < max)
+                    out[n] = (et_fallback_stat){all_backends[i]->name, (et_op)o, (et_dtype)d, c,
+                                                take ? 1 : w};
+                n++;
+            }
+    return n;
+}
+
+int et_fallback_stats(et_fallback_stat *out, int max) { return fb_collect(out, max, 0); }
+int et_fallback_take_unwarned(et_fallback_stat *out, int max) { return fb_collect(out, max, 1); }
+
+void et_fallback_reset(void)
+{
+    for (int i = 0; i < N_ALL; i++)
+        for (int o = 0; o < ET_OP_COUNT; o++)
+            for (int d = 0; d < ET_DTYPE_COUNT; d++) {
+                atomic_store(&fb_count[i][o][d], 0);
+                atomic_store(&fb_warned[i][o][d], 0);
+            }
+}
+
+/* ---- exact bf16 / f16 -> f32 ------------------------------------------- */
+
+float et_f16_to_f32(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    union { uint32_t u; float f; } v;
+    if (e == 0x1f) v.u = sign | 0x7f800000u | (m << 13);           /* Inf, NaN (payload kept) */
+    else if (e) v.u = sign | ((e + 112u) << 23) | (m << 13);       /* normal: rebias 15 -> 127 */
+    else {                                                          /* zero / subnormal m*2^-24 */
+        v.f = (float)m * 0x1p-24f;                                  /* exact: m < 2^10 */
+        v.u |= sign;
+    }
+    return v.f;
+}
+
+et_status et_lowp_to_f32(const char *op, const et_tensor *t, float **out)
+{
+    const int64_t n = et_tensor_numel(t);
+    float *f = et_aligned_alloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    *out = NULL;
+    if (!f) {
+        char s[96];
+        return et_error(ET_ERR_NOMEM, "%s: cannot allocate %lld floats to widen %s operand %s", op,
+                        (long long)n, et_dtype_name(t->dtype), et_shape_str(t, s, sizeof s));
+    }
+    const uint16_t *h = t->data;
+    const int par = n > 65536 && !omp_in_parallel();
+    if (t->dtype == ET_BF16) {
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t i = 0; i < n; i++) f[i] = et_bf16_to_f32(h[i]);
+    } else if (t->dtype == ET_F16) {
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t i = 0; i < n; i++) f[i] = et_f16_to_f32(h[i]);
+    } else if (t->dtype == ET_F32) {
+        memcpy(f, t->data, (size_t)n * sizeof(float));
+    } else {
+        et_aligned_free(f);
+        return et_error(ET_ERR_TYPE, "%s: cannot widen a %s operand to float32", op,
+                        et_dtype_name(t->dtype));
+    }
+    *out = f;
+    return ET_OK;
+}
+
+/* ---- dispatch -------------------------------------------------------------- */
+
 et_status et_matmul_run(const et_matmul_args *a)
 {
     ET_TRY(et_matmul_check("matmul", a));
-    if (!a->backend->matmul) return et_backend_unsupported(a->backend, ET_OP_MATMUL, a->a.dtype);
-    return a->backend->matmul(a);
+    const et_backend *b = et_backend_resolve(a->backend, ET_OP_MATMUL, a->a.dtype);
+    if (!b->matmul) return et_backend_unsupported(a->backend, ET_OP_MATMUL, a->a.dtype);
+    return b->matmul(a);
 }
 
 et_status et_conv2d_run(const et_conv2d_args *a)
 {
     ET_TRY(et_conv2d_check("conv2d", a));
-    if (!a->backend->conv2d) return et_backend_unsupported(a->backend, ET_OP_CONV2D, a->x.dtype);
-    return a->backend->conv2d(a);
+    const et_backend *b = et_backend_resolve(a->backend, ET_OP_CONV2D, a->x.dtype);
+    if (!b->conv2d) return et_backend_unsupported(a->backend, ET_OP_CONV2D, a->x.dtype);
+    return b->conv2d(a);
 }
 
 et_status et_matmul_job(void *arg) { return et_matmul_run((const et_matmul_args *)arg); }

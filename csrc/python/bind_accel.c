@@ -489,6 +489,256 @@ static PyObject *py_col2im(PyObject *self, PyObject *args, PyObject *kw)
     return out;
 }
 
+
+/* ---- low-precision primitives (LOWP.md) ------------------------------------ */
+
+/* The first operand's edgetrain dtype for the precision `prec` ("int8",
+ * "bfloat16", "float16", "float32" or None = from the array's dtype).
+ * bf16 arrays are numpy uint16 holding the bits, so uint16 needs
+ * dtype="bfloat16". Returns 0, or -1 with DtypeError set. */
+static int lowp_first_dtype(PyObject *obj, const char *op, const char *name, const char *prec,
+                            et_dtype *out)
+{
+    if (!obj || !PyArray_Check(obj)) {
+        PyErr_Format(et_py_TypeError, "%s: %s must be a numpy array, got %s", op, name,
+                     obj ? Py_TYPE(obj)->tp_name : "nothing");
+        return -1;
+    }
+    const int t = PyArray_TYPE((PyArrayObject *)obj);
+    const char *got = PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name;
+    if (!prec) {
+        switch (t) {
+        case NPY_UINT8: *out = ET_U8; return 0;
+        case NPY_INT8: *out = ET_S8; return 0;
+        case NPY_FLOAT16: *out = ET_F16; return 0;
+        case NPY_FLOAT32: *out = ET_F32; return 0;
+        case NPY_UINT16:
+            PyErr_Format(et_py_TypeError, "%s: %s is a uint16 array: pass dtype='bfloat16' to "
+                         "run it as bfloat16 bits", op, name);
+            return -1;
+        default:
+            PyErr_Format(et_py_TypeError, "%s: %s has dtype %s; low-precision primitives take "
+                         "uint8/int8 (int8), uint16 bits (bfloat16), float16 or float32", op, name,
+                         got);
+            return -1;
+        }
+    }
+    if (!strcmp(prec, "int8") || !strcmp(prec, "s8") || !strcmp(prec, "u8") || !strcmp(prec, "uint8")) {
+        if (t == NPY_UINT8) { *out = ET_U8; return 0; }
+        if (t == NPY_INT8) { *out = ET_S8; return 0; }
+        PyErr_Format(et_py_TypeError, "%s: %s must be uint8 or int8 for dtype='int8', got %s",
+                     op, name, got);
+        return -1;
+    }
+    et_dtype dt;
+    if (et_dtype_from_name(prec, &dt) != ET_OK || !(dt == ET_BF16 || dt == ET_F16 || dt == ET_F32)) {
+        et_error_clear();
+        PyErr_Format(et_py_TypeError, "%s: dtype must be 'int8', 'bfloat16', 'float16' or "
+                     "'float32', got '%s'", op, prec);
+        return -1;
+    }
+    if (t != et_py_npy_type(dt)) {
+        PyErr_Format(et_py_TypeError, "%s: %s must be %s for dtype='%s' (bfloat16: numpy uint16 "
+                     "bits), got %s", op, name,
+                     dt == ET_BF16 ? "uint16" : dt == ET_F16 ? "float16" : "float32", prec, got);
+        return -1;
+    }
+    *out = dt;
+    return 0;
+}
+
+/* Borrows the first operand as `dt`, the second as its combination's dtype
+ * (int8: int8), the optional bias as float32; *ydt = the output dtype. */
+static int lowp_args(const char *op, PyObject *o1, const char *n1, PyObject *o2, const char *n2,
+                     PyObject *obias, const char *prec, et_tensor *t1, et_tensor *t2,
+                     et_tensor *bias, et_dtype *ydt)
+{
+    et_dtype dt, wdt;
+    int bias_ok;
+    if (lowp_first_dtype(o1, op, n1, prec, &dt) < 0) return -1;
+    et_combo(dt, &wdt, ydt, &bias_ok);
+    if (o2 && PyArray_Check(o2) && PyArray_TYPE((PyArrayObject *)o2) != et_py_npy_type(wdt)) {
+        PyErr_Format(et_py_TypeError, "%s: %s must be %s%s when %s is %s (%s x %s -> %s), got %s",
+                     op, n2, et_dtype_name(wdt), wdt == ET_BF16 ? " (numpy uint16 bits)" : "", n1,
+                     et_dtype_name(dt), et_dtype_name(dt), et_dtype_name(wdt),
+                     et_dtype_name(*ydt), PyArray_DESCR((PyArrayObject *)o2)->typeobj->tp_name);
+        return -1;
+    }
+    if (et_py_tensor_arg(o1, op, n1, -1, dt, t1) < 0 || et_py_tensor_arg(o2, op, n2, -1, wdt, t2) < 0 ||
+        et_py_tensor_arg_opt(obias, op, "bias", -1, ET_F32, bias) < 0)
+        return -1;
+    if (bias->data && !bias_ok) {
+        PyErr_Format(et_py_NotImplemented, "%s: %s x %s -> %s products take no bias (the "
+                     "dequantize epilogue adds it in float32)", op, et_dtype_name(dt),
+                     et_dtype_name(wdt), et_dtype_name(*ydt));
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_matmul_lowp(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwl[] = {"a", "b", "trans_a", "trans_b", "bias", "backend", "dtype", NULL};
+    const char *op = "matmul_lowp";
+    PyObject *oa, *ob, *obias = Py_None;
+    int ta = 0, tb = 0;
+    const char *bname = "ref", *prec = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|ppOsz:matmul_lowp", kwl, &oa, &ob, &ta, &tb,
+                                     &obias, &bname, &prec))
+        return NULL;
+    et_matmul_args m;
+    memset(&m, 0, sizeof m);
+    et_dtype ydt;
+    if (lowp_args(op, oa, "a", ob, "b", obias, prec, &m.a, &m.b, &m.bias, &ydt) < 0) return NULL;
+    if (!(m.backend = backend_arg(bname))) return NULL;
+    m.trans_a = ta;
+    m.trans_b = tb;
+    if (m.a.ndim != 2 || m.b.ndim != 2) {
+        char s1[96], s2[96];
+        return et_py_raise(et_error(ET_ERR_VALUE, "%s: a %s and b %s must be 2D", op,
+                                    et_shape_str(&m.a, s1, sizeof s1), et_shape_str(&m.b, s2, sizeof s2)), NULL);
+    }
+    int64_t ys[2] = {ta ? m.a.shape[1] : m.a.shape[0], tb ? m.b.shape[0] : m.b.shape[1]};
+    PyObject *y = et_py_empty(2, ys, ydt, 0, &m.y);
+    if (!y) return NULL;
+    et_status st = et_matmul_check(op, &m);
+    if (st == ET_OK) {
+        Py_BEGIN_ALLOW_THREADS
+        st = et_offload_sync(et_matmul_job, &m, sizeof m);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
+    return y;
+}
+
+static PyObject *py_conv2d_primitive_lowp(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwl[] = {"x", "w", "bias", "stride", "pad_lo", "pad_hi", "dilation", "groups",
+                          "dtype", "backend", NULL};
+    const char *op = "conv2d_primitive_lowp";
+    PyObject *ox, *ow, *obias = Py_None, *os = NULL, *opl = NULL, *oph = NULL, *od = NULL;
+    long long groups = 1;
+    const char *bname = "ref", *prec = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOOLzs:conv2d_primitive_lowp", kwl, &ox, &ow,
+                                     &obias, &os, &opl, &oph, &od, &groups, &prec, &bname))
+        return NULL;
+    et_conv2d_args a;
+    memset(&a, 0, sizeof a);
+    a.stride[0] = a.stride[1] = a.dilation[0] = a.dilation[1] = 1;
+    et_dtype ydt;
+    if (lowp_args(op, ox, "x", ow, "w", obias, prec, &a.x, &a.w, &a.bias, &ydt) < 0) return NULL;
+    if ((os && et_py_int_tuple(os, op, "stride", 2, a.stride) < 0) ||
+        (opl && et_py_int_tuple(opl, op, "pad_lo", 2, a.pad_lo) < 0) ||
+        (oph && et_py_int_tuple(oph, op, "pad_hi", 2, a.pad_hi) < 0) ||
+        (od && et_py_int_tuple(od, op, "dilation", 2, a.dilation) < 0))
+        return NULL;
+    a.groups = groups;
+    if (!(a.backend = backend_arg(bname))) return NULL;
+    char sx[96], sw[96];
+    if (a.x.ndim != 4 || a.w.ndim != 4)
+        return et_py_raise(et_error(ET_ERR_VALUE, "%s: x %s and w %s must be 4D", op,
+                                    et_shape_str(&a.x, sx, sizeof sx),
+                                    et_shape_str(&a.w, sw, sizeof sw)), NULL);
+    int64_t ys[4] = {a.x.shape[0], a.w.shape[0],
+                     et_conv_out_size(a.x.shape[2], a.w.shape[2], a.stride[0], a.pad_lo[0],
+                                      a.pad_hi[0], a.dilation[0]),
+                     et_conv_out_size(a.x.shape[3], a.w.shape[3], a.stride[1], a.pad_lo[1],
+                                      a.pad_hi[1], a.dilation[1])};
+    if (ys[2] < 0) ys[2] = 0;
+    if (ys[3] < 0) ys[3] = 0;
+    PyObject *y = et_py_empty(4, ys, ydt, 0, &a.y);
+    if (!y) return NULL;
+    et_status st = et_conv2d_check(op, &a);
+    if (st == ET_OK) {
+        Py_BEGIN_ALLOW_THREADS
+        st = et_offload_sync(et_conv2d_job, &a, sizeof a);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
+    return y;
+}
+
+/* "blas/matmul/s8" */
+static PyObject *fallback_key(const et_fallback_stat *e)
+{
+    return PyUnicode_FromFormat("%s/%s/%s", e->backend, et_op_name(e->op), et_dtype_short(e->dtype));
+}
+
+enum { FB_MAX = 256 };
+
+static PyObject *py_fallback_stats(PyObject *self, PyObject *args, PyObject *kw)
+{
+    (void)self;
+    static char *kwl[] = {"detail", NULL};
+    int detail = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|p:fallback_stats", kwl, &detail)) return NULL;
+    et_fallback_stat e[FB_MAX];
+    int n = et_fallback_stats(e, FB_MAX);
+    if (n > FB_MAX) n = FB_MAX;
+    PyObject *d = PyDict_New();
+    if (!d) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *k = fallback_key(&e[i]);
+        PyObject *v = detail ? Py_BuildValue("{sLsO}", "count", (long long)e[i].count, "warned",
+                                             e[i].warned ? Py_True : Py_False)
+                             : PyLong_FromLongLong(e[i].count);
+        if (!k || !v || PyDict_SetItem(d, k, v) < 0) {
+            Py_XDECREF(k); Py_XDECREF(v); Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(k); Py_DECREF(v);
+    }
+    return d;
+}
+
+static PyObject *py_fallback_warnings(PyObject *self, PyObject *unused)
+{
+    (void)self; (void)unused;
+    et_fallback_stat e[FB_MAX];
+    int n = et_fallback_take_unwarned(e, FB_MAX);
+    if (n > FB_MAX) n = FB_MAX;
+    PyObject *l = PyList_New(0);
+    if (!l) return NULL;
+    for (int i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromFormat(
+            "backend '%s' has no %s %s primitive: running it on 'ref' instead (%s/%s/%s, "
+            "counted in edgetrain._C.fallback_stats())", e[i].backend, et_dtype_name(e[i].dtype),
+            et_op_name(e[i].op), e[i].backend, et_op_name(e[i].op), et_dtype_short(e[i].dtype));
+        if (!s || PyList_Append(l, s) < 0) { Py_XDECREF(s); Py_DECREF(l); return NULL; }
+        Py_DECREF(s);
+    }
+    return l;
+}
+
+static PyObject *py_reset_fallback_stats(PyObject *self, PyObject *unused)
+{
+    (void)self; (void)unused;
+    et_fallback_reset();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backend_supports(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *bname, *opn, *dtn;
+    if (!PyArg_ParseTuple(args, "sss:backend_supports", &bname, &opn, &dtn)) return NULL;
+    const et_backend *b = backend_arg(bname);
+    if (!b) return NULL;
+    et_op o;
+    if (!strcmp(opn, "matmul")) o = ET_OP_MATMUL;
+    else if (!strcmp(opn, "conv2d")) o = ET_OP_CONV2D;
+    else {
+        PyErr_Format(et_py_ValueError, "backend_supports: op must be 'matmul' or 'conv2d', got '%s'", opn);
+        return NULL;
+    }
+    et_dtype dt;
+    et_status st = et_dtype_from_name(dtn, &dt);
+    if (st != ET_OK) return et_py_raise(st, NULL);
+    return PyBool_FromLong(b->supports(o, dt));
+}
+
 static PyMethodDef accel_methods[] = {
     {"backends", py_backends, METH_NOARGS, "backends() -> names built and usable here, ref first"},
     {"matmul", (PyCFunction)(void (*)(void))py_matmul, METH_VARARGS | METH_KEYWORDS,
@@ -519,6 +769,20 @@ static PyMethodDef accel_methods[] = {
      "im2col(x, kernel_size, stride, pad_lo, pad_hi, dilation) -> cols (N, C*KH*KW, OH*OW)"},
     {"col2im", (PyCFunction)(void (*)(void))py_col2im, METH_VARARGS | METH_KEYWORDS,
      "col2im(cols, x_shape, kernel_size, stride, pad_lo, pad_hi, dilation) -> x (sums overlaps)"},
+    {"matmul_lowp", (PyCFunction)(void (*)(void))py_matmul_lowp, METH_VARARGS | METH_KEYWORDS,
+     "matmul_lowp(a, b, trans_a=False, trans_b=False, bias=None, backend='ref', dtype=None) -> y: "
+     "u8|s8 x s8 -> int32 (no bias), bf16 (uint16 bits) or f16 x same -> float32"},
+    {"conv2d_primitive_lowp", (PyCFunction)(void (*)(void))py_conv2d_primitive_lowp,
+     METH_VARARGS | METH_KEYWORDS,
+     "conv2d_primitive_lowp(x, w, bias, stride, pad_lo, pad_hi, dilation, groups, dtype, backend) -> y"},
+    {"fallback_stats", (PyCFunction)(void (*)(void))py_fallback_stats, METH_VARARGS | METH_KEYWORDS,
+     "fallback_stats(detail=False) -> {'blas/matmul/s8': count, ...} (detail: {count, warned})"},
+    {"fallback_warnings", py_fallback_warnings, METH_NOARGS,
+     "fallback_warnings() -> messages for fallbacks not warned yet (marks them warned: warn once)"},
+    {"reset_fallback_stats", py_reset_fallback_stats, METH_NOARGS,
+     "reset_fallback_stats(): zero the fallback counts and warned flags"},
+    {"backend_supports", py_backend_supports, METH_VARARGS,
+     "backend_supports(backend, op, dtype) -> bool: the backend runs it itself (else ref)"},
     {NULL, NULL, 0, NULL}};
 
 int et_py_init_accel(PyObject *m)
