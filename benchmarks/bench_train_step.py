@@ -31,17 +31,21 @@ CASES = [
 
 
 def machine():
-    cpu = platform.processor() or "unknown cpu"
+    cpu, isa = platform.processor() or "unknown cpu", []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    # the vector ISA decides what the engine can do (VNNI int8, BF16)
+                    isa = sorted(fl for fl in line.split(":", 1)[1].split()
+                                 if fl.startswith(("avx", "amx")) or fl in ("fma", "f16c"))
                     break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "system": platform.platform()}
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(),
+            "python": platform.python_version(), "system": platform.platform()}
 
 
 def et_model(name, kw):
@@ -139,7 +143,8 @@ def main():
     os.makedirs(out, exist_ok=True)
     atomic_write(os.path.join(out, "train_step_fp32.json"), json.dumps(info, indent=2) + "\n")
     lines = [f"# Training step, fp32: edgetrain vs PyTorch {torch.__version__}", "",
-             f"Machine: {info['machine']['cpu']}, {info['machine']['cores']} cores; "
+             f"Machine: {info['machine']['cpu']} ({' '.join(info['machine']['isa'])}), "
+             f"{info['machine']['cores']} cores; "
              f"threads {args.threads}; median of {args.steps} steps after {args.warmup} "
              f"warm-up steps; SGD momentum, cross-entropy, random data.", "",
              "| model | batch | framework | backend | median step (ms) | speed-up vs PyTorch |",

@@ -69,5 +69,6 @@ int et_py_init_queue(PyObject *m);
 int et_py_init_accel(PyObject *m);
 int et_py_init_kernels(PyObject *m);
 int et_py_init_quant(PyObject *m);
+int et_py_init_lowp(PyObject *m);
 
 #endif

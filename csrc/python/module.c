@@ -185,6 +185,7 @@ PyMODINIT_FUNC PyInit__C(void)
     if (et_py_init_accel(m) < 0) goto fail;
     if (et_py_init_kernels(m) < 0) goto fail;
     if (et_py_init_quant(m) < 0) goto fail;
+    if (et_py_init_lowp(m) < 0) goto fail;
     return m;
 fail:
     Py_XDECREF(bases);

@@ -1,0 +1,487 @@
+/* conv2d_lowp.c - see conv2d_lowp.h for the math; shapes are commented inline. */
+#include "conv2d_lowp.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "../quant/convert.h"
+#include "../quant/quantize.h"
+#include "prep.h"
+
+/* ---- precision names, buffers, operand makers ------------------------------ */
+
+et_status et_prec_from_name(const char *op, const char *arg, const char *name, et_prec *out)
+{
+    static const struct { const char *n; et_prec p; } tab[] = {
+        {"fp32", ET_PREC_FP32}, {"float32", ET_PREC_FP32}, {"bf16", ET_PREC_BF16},
+        {"bfloat16", ET_PREC_BF16}, {"fp16", ET_PREC_FP16}, {"float16", ET_PREC_FP16},
+        {"int8", ET_PREC_INT8}};
+    for (size_t i = 0; name && i < sizeof tab / sizeof tab[0]; i++)
+        if (strcmp(name, tab[i].n) == 0) { *out = tab[i].p; return ET_OK; }
+    return et_error(ET_ERR_VALUE, "%s: %s must be one of 'fp32', 'bf16', 'fp16', 'int8', got '%s'",
+                    op, arg, name ? name : "(null)");
+}
+
+const char *et_prec_name(et_prec p)
+{
+    switch (p) {
+    case ET_PREC_FP32: return "fp32";
+    case ET_PREC_BF16: return "bf16";
+    case ET_PREC_FP16: return "fp16";
+    case ET_PREC_INT8: return "int8";
+    }
+    return "?";
+}
+
+et_dtype et_prec_dtype(et_prec p)
+{
+    switch (p) {
+    case ET_PREC_BF16: return ET_BF16;
+    case ET_PREC_FP16: return ET_F16;
+    case ET_PREC_INT8: return ET_S8;
+    default: return ET_F32;
+    }
+}
+
+void *et_lowp_alloc(et_lowp_bufs *b, size_t bytes)
+{
+    if (b->n >= (int)(sizeof b->p / sizeof b->p[0])) return NULL;
+    void *q = et_aligned_alloc(bytes ? bytes : 64);
+    if (q) b->p[b->n++] = q;
+    return q;
+}
+
+void et_lowp_free(et_lowp_bufs *b)
+{
+    for (int i = 0; i < b->n; i++) et_aligned_free(b->p[i]);
+    b->n = 0;
+}
+
+et_status et_lowp_convert(const float *src, int64_t n, et_prec prec, void *dst)
+{
+    switch (prec) {
+    case ET_PREC_BF16: return et_convert_f32_to_bf16(src, dst, n);
+    case ET_PREC_FP16: return et_convert_f32_to_f16(src, dst, n);
+    case ET_PREC_FP32: memcpy(dst, src, (size_t)n * sizeof(float)); return ET_OK;
+    default: return et_error(ET_ERR_INTERNAL, "lowp: convert to int8 is a quantization");
+    }
+}
+
+et_status et_lowp_check_xq(const char *op, const et_tensor *xq, float scale, const et_tensor *like)
+{
+    char s1[96], s2[96];
+    et_shape_str(xq, s1, sizeof s1);
+    et_shape_str(like, s2, sizeof s2);
+    if (xq->dtype != ET_U8 && xq->dtype != ET_S8)
+        return et_error(ET_ERR_TYPE, "%s: x_q %s must be uint8 or int8, got %s", op, s1,
+                        et_dtype_name(xq->dtype));
+    if (xq->ndim != like->ndim ||
+        memcmp(xq->shape, like->shape, sizeof(int64_t) * (size_t)like->ndim) != 0)
+        return et_error(ET_ERR_VALUE, "%s: x_q %s must have the input's shape %s", op, s1, s2);
+    if (!isfinite(scale) || scale < FLT_MIN)
+        return et_error(ET_ERR_VALUE, "%s: x_scale must be finite and >= %g, got %g", op,
+                        (double)FLT_MIN, (double)scale);
+    return ET_OK;
+}
+
+et_status et_lowp_quantize_x(const float *x, int64_t n, int nonneg, void *q, float *scale)
+{
+    return nonneg ? et_quantize_per_tensor_u8(x, n, q, scale)
+                  : et_quantize_per_tensor_s8(x, n, q, scale);
+}
+
+#define LP_ALLOC(ptr, bytes, what)                                                        \
+    do {                                                                                  \
+        (ptr) = et_lowp_alloc(&bufs, (size_t)(bytes));                                    \
+        if (!(ptr)) {                                                                     \
+            st = et_error(ET_ERR_NOMEM, "%s: cannot allocate %s (%lld bytes)", op, what,  \
+                          (long long)(bytes));                                            \
+            goto done;                                                                    \
+        }                                                                                 \
+    } while (0)
+#define LP_TRY(expr) do { st = (expr); if (st != ET_OK) goto done; } while (0)
+
+static et_status check_out(const char *op, const char *what, const et_tensor *t, const int64_t *shape,
+                           int ndim)
+{
+    char s1[96];
+    int ok = t->dtype == ET_F32 && t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == shape[i];
+    if (!ok) {
+        char s2[96] = "(";
+        size_t k = 1;
+        for (int i = 0; i < ndim; i++)
+            k += (size_t)snprintf(s2 + k, sizeof s2 - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+        snprintf(s2 + k, sizeof s2 - k, ")");
+        return et_error(ET_ERR_VALUE, "%s: %s %s (%s) must be float32 of shape %s", op, what,
+                        et_shape_str(t, s1, sizeof s1), et_dtype_name(t->dtype), s2);
+    }
+    return ET_OK;
+}
+
+static void conv_args_init(et_conv2d_args *a, const et_backend *be, int64_t groups)
+{
+    memset(a, 0, sizeof *a);
+    a->backend = be;
+    a->groups = groups;
+}
+
+/* ---- forward ------------------------------------------------------------------ */
+
+et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const et_tensor *w,
+                                 const et_tensor *bias, const et_conv2d_params *p, et_prec prec,
+                                 int x_nonneg, et_tensor *y, et_tensor *xq_out, float *xscale_out)
+{
+    const char *op = "conv2d_forward_lowp";
+    int64_t ys[4];
+    ET_TRY(et_conv2d_shape(op, x, w, bias, p, ys));
+    ET_TRY(check_out(op, "output", y, ys, 4));
+    const int64_t N = ys[0], OC = ys[1], OHW = ys[2] * ys[3];
+    const int64_t nx = et_tensor_numel(x), nw = et_tensor_numel(w);
+    const int has_bias = bias && bias->data;
+    et_lowp_bufs bufs = {.n = 0};
+    et_status st = ET_OK;
+    et_conv2d_args a;
+    conv_args_init(&a, be, p->groups);
+    for (int i = 0; i < 2; i++) {
+        a.stride[i] = p->stride[i];
+        a.dilation[i] = p->dilation[i];
+        a.pad_lo[i] = a.pad_hi[i] = p->padding[i];
+    }
+    int32_t *acc = NULL;   // (N, OC, OH, OW) int8 accumulator
+    float sx = 1.0f, *sw = NULL;   // sw (OC,)
+    if (prec == ET_PREC_FP32) {
+        a.x = *x;
+        a.w = *w;
+        if (has_bias) a.bias = *bias;
+        a.y = *y;
+    } else if (prec == ET_PREC_BF16 || prec == ET_PREC_FP16) {
+        const et_dtype dt = et_prec_dtype(prec);
+        void *xb, *wb;   // x (N, C, H, W), w (OC, C/G, KH, KW) as 16-bit bits
+        LP_ALLOC(xb, nx * 2, "the converted input");
+        LP_ALLOC(wb, nw * 2, "the converted weight");
+        LP_TRY(et_lowp_convert(x->data, nx, prec, xb));
+        LP_TRY(et_lowp_convert(w->data, nw, prec, wb));
+        LP_TRY(et_tensor_view(&a.x, xb, dt, 4, x->shape));
+        LP_TRY(et_tensor_view(&a.w, wb, dt, 4, w->shape));
+        if (has_bias) a.bias = *bias;
+        a.y = *y;
+    } else {
+        const et_dtype xdt = x_nonneg ? ET_U8 : ET_S8;
+        void *xq;
+        if (xq_out && xq_out->data) {
+            if (xq_out->dtype != xdt || xq_out->ndim != 4 ||
+                memcmp(xq_out->shape, x->shape, 4 * sizeof(int64_t)) != 0) {
+                st = et_error(ET_ERR_VALUE, "%s: quantized-input buffer must be %s of the input's "
+                              "shape", op, et_dtype_name(xdt));
+                goto done;
+            }
+            xq = xq_out->data;
+        } else {
+            LP_ALLOC(xq, nx, "the quantized input");
+        }
+        int8_t *wq;   // (OC, C/G*KH*KW)
+        LP_ALLOC(wq, nw, "the quantized weight");
+        LP_ALLOC(sw, OC * sizeof(float), "the weight scales");
+        LP_ALLOC(acc, N * OC * OHW * sizeof(int32_t), "the int32 accumulator");
+        LP_TRY(et_lowp_quantize_x(x->data, nx, x_nonneg, xq, &sx));
+        LP_TRY(et_quantize_per_channel_s8(w->data, OC, nw / OC, wq, sw));
+        if (xscale_out) *xscale_out = sx;
+        LP_TRY(et_tensor_view(&a.x, xq, xdt, 4, x->shape));
+        LP_TRY(et_tensor_view(&a.w, wq, ET_S8, 4, w->shape));
+        LP_TRY(et_tensor_view(&a.y, acc, ET_S32, 4, ys));
+    }
+    LP_TRY(et_conv2d_check(op, &a));
+    LP_TRY(et_offload_sync(et_conv2d_job, &a, sizeof a));
+    if (prec == ET_PREC_INT8)   /* y = acc * (sx * sw[oc]) + b[oc] */
+        LP_TRY(et_dequantize_acc_nchw(acc, N, OC, OHW, sx, sw, has_bias ? bias->data : NULL,
+                                      y->data));
+done:
+    et_lowp_free(&bufs);
+    return st;
+}
+
+/* ---- backward ------------------------------------------------------------------ */
+
+static void bias_grad(const et_tensor *dy, et_tensor *db)
+{
+    const int64_t N = dy->shape[0], OC = dy->shape[1], OHW = dy->shape[2] * dy->shape[3];
+    const float *g = dy->data;   // (N, OC, OH*OW)
+    float *b = db->data;         // (OC)
+    for (int64_t o = 0; o < OC; o++) {
+        double acc = 0.0;
+        for (int64_t n = 0; n < N; n++) {
+            const float *row = g + (n * OC + o) * OHW;
+            float s = 0.0f;
+#pragma omp simd reduction(+:s)
+            for (int64_t j = 0; j < OHW; j++) s += row[j];
+            acc += s;
+        }
+        b[o] = (float)acc;
+    }
+}
+
+static size_t esz_of(et_dtype dt) { return et_dtype_size(dt); }
+
+et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, const et_tensor *x,
+                                  const et_tensor *w, const et_conv2d_params *p,
+                                  const et_lowp_bwd_opts *o, et_tensor *dx, et_tensor *dw,
+                                  et_tensor *db)
+{
+    const char *op = "conv2d_backward_lowp";
+    int64_t ys[4];
+    char sd[96], sx_[96], sw_[96];
+    ET_TRY(et_conv2d_shape(op, x, w, NULL, p, ys));
+    if (dy->dtype != ET_F32)
+        return et_error(ET_ERR_TYPE, "%s: grad_output %s must be float32, got %s", op,
+                        et_shape_str(dy, sd, sizeof sd), et_dtype_name(dy->dtype));
+    if (dy->ndim != 4 || dy->shape[0] != ys[0] || dy->shape[1] != ys[1] ||
+        dy->shape[2] != ys[2] || dy->shape[3] != ys[3])
+        return et_error(ET_ERR_VALUE, "%s: grad_output %s must have the output shape "
+                        "(%lld, %lld, %lld, %lld) (input %s, weight %s)", op,
+                        et_shape_str(dy, sd, sizeof sd), (long long)ys[0], (long long)ys[1],
+                        (long long)ys[2], (long long)ys[3], et_shape_str(x, sx_, sizeof sx_),
+                        et_shape_str(w, sw_, sizeof sw_));
+    if (dx) ET_TRY(check_out(op, "grad_input", dx, x->shape, 4));
+    if (dw) ET_TRY(check_out(op, "grad_weight", dw, w->shape, 4));
+    if (db) ET_TRY(check_out(op, "grad_bias", db, w->shape, 1));
+    const et_tensor *xq = o->x_q && o->x_q->data ? o->x_q : NULL;
+    if (xq) ET_TRY(et_lowp_check_xq(op, xq, o->x_scale, x));
+    if (dw && !x->data && !xq)
+        return et_error(ET_ERR_VALUE, "%s: grad_weight needs the input x or its quantized x_q", op);
+
+    const int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+    const int64_t OC = w->shape[0], Cg = w->shape[1], KH = w->shape[2], KW = w->shape[3];
+    const int64_t OH = ys[2], OW = ys[3], G = p->groups;
+    const int64_t in[2] = {H, W}, K[2] = {KH, KW}, O[2] = {OH, OW};
+    const int64_t ndy = N * OC * OH * OW, nx = N * C * H * W, nw = OC * Cg * KH * KW;
+    et_lowp_bufs bufs = {.n = 0};
+    et_status st = ET_OK;
+    et_queue *q = NULL;
+    et_conv2d_args ax, aw;
+    conv_args_init(&ax, be, G);
+    conv_args_init(&aw, be, G);
+    int8_t *dyq = NULL;   // (N, OC, OH, OW) stochastic s8, shared by both int8 passes
+    float sdy = 1.0f;
+    int32_t *accx = NULL;            // (N, C, H, W) int8 dx accumulator
+    float *swt = NULL;               // (C,) scales of the flipped/transposed weight
+    void *dwout = NULL;              // (nch, C/G, OC, KHo, KWo) s32, one per batch chunk
+    et_conv2d_args *aws = NULL;      // (nch,) weight-gradient jobs
+    uint64_t *tws = NULL;            // (nch,) their tickets
+    int64_t nb = N, nch = 0, nout = 0;
+    float *dwf = NULL;               // (C/G, OC, KHo, KWo) f32 (int8: dequantized)
+    float dw_scale = 1.0f;
+    et_prep_dw_geom gw;
+
+    if ((dx && o->prec_dx == ET_PREC_INT8) || (dw && o->prec_dw == ET_PREC_INT8)) {
+        LP_ALLOC(dyq, ndy, "the quantized grad_output");
+        LP_TRY(et_quantize_stochastic_s8(dy->data, ndy, o->seed, o->offset, dyq, &sdy));
+    }
+
+    /* dx = conv(dilate_s(dy) padded, flip(w) transposed), stride 1, dilation d */
+    if (dx) {
+        const et_prec pr = o->prec_dx;
+        const et_dtype dt = et_prec_dtype(pr);
+        const size_t es = esz_of(dt);
+        et_prep_dx_geom g;
+        et_prep_dx_geometry(p, in, K, O, &g);
+        for (int i = 0; i < 2; i++) {
+            ax.stride[i] = 1;
+            ax.dilation[i] = p->dilation[i];
+            ax.pad_lo[i] = g.pad_lo[i];
+            ax.pad_hi[i] = g.pad_hi[i];
+        }
+        const void *dyo;   // dy (N, OC, OH, OW) in the pass's dtype
+        if (pr == ET_PREC_FP32) dyo = dy->data;
+        else if (pr == ET_PREC_INT8) dyo = dyq;
+        else {
+            void *b;
+            LP_ALLOC(b, ndy * 2, "the converted grad_output");
+            LP_TRY(et_lowp_convert(dy->data, ndy, pr, b));
+            dyo = b;
+        }
+        int64_t dshape[4] = {N, OC, OH, OW};
+        if (g.copy) {
+            void *b;   // (N, OC, dd0, dd1)
+            LP_ALLOC(b, (size_t)(N * OC * g.dd[0] * g.dd[1]) * es, "the dilated grad_output");
+            et_prep_dilate(dyo, b, es, N * OC, OH, OW, p->stride, g.crop_lo, g.dd);
+            dyo = b;
+            dshape[2] = g.dd[0];
+            dshape[3] = g.dd[1];
+        }
+        LP_TRY(et_tensor_view(&ax.x, (void *)dyo, dt, 4, dshape));
+        /* w flipped and transposed in f32, then made the pass's dtype: its
+         * output channels are x's input channels, so int8 scales are per c */
+        float *wt;   // (C, OC/G, KH, KW)
+        LP_ALLOC(wt, nw * sizeof(float), "the transposed weight");
+        et_prep_flip_transpose(w->data, wt, sizeof(float), OC, Cg, KH, KW, G);
+        void *wo = wt;
+        if (pr == ET_PREC_INT8) {
+            LP_ALLOC(wo, nw, "the quantized transposed weight");
+            LP_ALLOC(swt, C * sizeof(float), "the transposed-weight scales");
+            LP_TRY(et_quantize_per_channel_s8(wt, C, nw / C, wo, swt));
+        } else if (pr != ET_PREC_FP32) {
+            LP_ALLOC(wo, nw * 2, "the converted transposed weight");
+            LP_TRY(et_lowp_convert(wt, nw, pr, wo));
+        }
+        const int64_t wshape[4] = {C, OC / G, KH, KW};
+        LP_TRY(et_tensor_view(&ax.w, wo, dt, 4, wshape));
+        if (pr == ET_PREC_INT8) {
+            LP_ALLOC(accx, nx * sizeof(int32_t), "the int32 grad_input accumulator");
+            LP_TRY(et_tensor_view(&ax.y, accx, ET_S32, 4, x->shape));
+        } else {
+            ax.y = *dx;
+        }
+        LP_TRY(et_conv2d_check(op, &ax));
+    }
+
+    /* dw = conv(x as (C/G, G*N, H, W), dy as (OC, N, OH, OW)), stride d, dilation s */
+    if (dw) {
+        const et_prec pr = o->prec_dw;
+        et_prep_dw_geometry(p, in, K, O, &gw);
+        for (int i = 0; i < 2; i++) {
+            aw.stride[i] = p->dilation[i];
+            aw.dilation[i] = p->stride[i];
+            aw.pad_lo[i] = gw.pad_lo[i];
+            aw.pad_hi[i] = gw.pad_hi[i];
+        }
+        const void *xo;   // x (N, C, H, W) in the pass's dtype
+        et_dtype xdt = et_prec_dtype(pr);
+        float sx = 1.0f;
+        if (pr == ET_PREC_INT8) {
+            if (xq) {
+                xo = xq->data;
+                xdt = xq->dtype;
+                sx = o->x_scale;
+            } else {
+                void *b;
+                LP_ALLOC(b, nx, "the quantized input");
+                LP_TRY(et_lowp_quantize_x(x->data, nx, o->x_nonneg, b, &sx));
+                xo = b;
+                xdt = o->x_nonneg ? ET_U8 : ET_S8;
+            }
+        } else {
+            const float *xf = x->data;
+            if (!xf) {   /* only the saved x_q: dequantize it (operand preparation) */
+                float *b;
+                LP_ALLOC(b, nx * sizeof(float), "the dequantized input");
+                LP_TRY(xq->dtype == ET_U8 ? et_dequantize_u8(xq->data, 1, nx, &o->x_scale, 0, b)
+                                          : et_dequantize_s8(xq->data, 1, nx, &o->x_scale, 0, b));
+                xf = b;
+            }
+            if (pr == ET_PREC_FP32) xo = xf;
+            else {
+                void *b;
+                LP_ALLOC(b, nx * 2, "the converted input");
+                LP_TRY(et_lowp_convert(xf, nx, pr, b));
+                xo = b;
+            }
+        }
+        const void *dyo;
+        const et_dtype ddt = et_prec_dtype(pr);
+        if (pr == ET_PREC_FP32) dyo = dy->data;
+        else if (pr == ET_PREC_INT8) dyo = dyq;
+        else {
+            void *b;
+            LP_ALLOC(b, ndy * 2, "the converted grad_output");
+            LP_TRY(et_lowp_convert(dy->data, ndy, pr, b));
+            dyo = b;
+        }
+        const size_t xes = esz_of(xdt), des = esz_of(ddt);
+        /* int8: the s32 sum over N*OH*OW products of |x_q * dy_q| <= qmax*127
+         * must stay below 2^31, so the batch is split in chunks whose s32
+         * results are added in int64 on the CPU (one job per chunk). */
+        nb = N;
+        if (pr == ET_PREC_INT8) {
+            const int64_t qx = xdt == ET_U8 ? 255 : 127;
+            const int64_t lim = (int64_t)2147483647 / (qx * 127);
+            nb = lim / (OH * OW);
+            if (nb < 1) nb = 1;   /* a single image above the limit: not split further */
+            if (nb > N) nb = N;
+        }
+        nch = (N + nb - 1) / nb;
+        void *xb, *db_;   // x' chunks (Cg, G*nb_k, H, W), dy' chunks (OC, nb_k, OH, OW), back to back
+        LP_ALLOC(xb, nx * xes, "the transposed input");
+        LP_ALLOC(db_, ndy * des, "the transposed grad_output");
+        LP_ALLOC(aws, nch * sizeof(et_conv2d_args), "the weight-gradient jobs");
+        LP_ALLOC(tws, nch * sizeof(uint64_t), "the weight-gradient tickets");
+        nout = Cg * OC * gw.ko[0] * gw.ko[1];
+        const int64_t os[4] = {Cg, OC, gw.ko[0], gw.ko[1]};
+        LP_ALLOC(dwf, nout * sizeof(float), "the weight-gradient buffer");
+        if (pr == ET_PREC_INT8) {
+            LP_ALLOC(dwout, nch * nout * sizeof(int32_t), "the int32 weight-gradient accumulators");
+            dw_scale = sx * sdy;   /* rounded to float32 once, as the epilogue */
+        }
+        for (int64_t k = 0; k < nch; k++) {
+            const int64_t n0 = k * nb, nk = (n0 + nb <= N ? nb : N - n0);
+            char *xk = (char *)xb + (size_t)(n0 * C * H * W) * xes;
+            char *dk = (char *)db_ + (size_t)(n0 * OC * OH * OW) * des;
+            et_prep_group_swap((const char *)xo + (size_t)(n0 * C * H * W) * xes, xk, xes, nk, C,
+                               H * W, G);
+            et_prep_group_swap((const char *)dyo + (size_t)(n0 * OC * OH * OW) * des, dk, des, nk,
+                               OC, OH * OW, 1);
+            et_conv2d_args *a = &aws[k];
+            *a = aw;
+            const int64_t xs[4] = {Cg, G * nk, H, W};   // x' (C/G, G*nk, H, W)
+            const int64_t ds[4] = {OC, nk, OH, OW};     // dy' (OC, nk, OH, OW)
+            LP_TRY(et_tensor_view(&a->x, xk, xdt, 4, xs));
+            LP_TRY(et_tensor_view(&a->w, dk, ddt, 4, ds));
+            if (pr == ET_PREC_INT8)
+                LP_TRY(et_tensor_view(&a->y, (int32_t *)dwout + k * nout, ET_S32, 4, os));
+            else
+                LP_TRY(et_tensor_view(&a->y, dwf, ET_F32, 4, os));
+            LP_TRY(et_conv2d_check(op, a));
+        }
+    }
+
+    if (dx || dw) {
+        q = et_queue_default();
+        if (!q) { st = ET_ERR_BACKEND; goto done; }
+    }
+    {
+        uint64_t tx = 0;
+        et_status s1 = ET_OK, s2 = ET_OK;
+        int64_t nsub = 0;   /* dw jobs submitted */
+        if (dx) s1 = et_queue_submit(q, et_conv2d_job, &ax, sizeof ax, &tx);
+        if (dw)
+            for (; nsub < nch && s2 == ET_OK; nsub++) {
+                s2 = et_queue_submit(q, et_conv2d_job, &aws[nsub], sizeof aws[nsub], &tws[nsub]);
+                if (s2 != ET_OK) break;
+            }
+        if (db) bias_grad(dy, db);   /* on the CPU while the jobs run */
+        /* wait for every submitted ticket before freeing the buffers they read */
+        char msg[ET_ERRMSG_MAX] = "";
+        if (dx) {
+            if (s1 == ET_OK) s1 = et_queue_wait(q, tx);
+            if (s1 != ET_OK) { st = s1; snprintf(msg, sizeof msg, "%s", et_error_message()); }
+        }
+        if (dw) {
+            if (s2 != ET_OK && st == ET_OK) { st = s2; snprintf(msg, sizeof msg, "%s", et_error_message()); }
+            for (int64_t k = 0; k < nsub; k++) {
+                et_status sk = et_queue_wait(q, tws[k]);
+                if (sk != ET_OK && st == ET_OK) { st = sk; snprintf(msg, sizeof msg, "%s", et_error_message()); }
+            }
+        }
+        if (st != ET_OK) { et_error_set_message(msg); goto done; }
+    }
+    if (dx && o->prec_dx == ET_PREC_INT8)   /* dx = acc * (sdy * swt[c]) */
+        LP_TRY(et_dequantize_acc_nchw(accx, N, C, H * W, sdy, swt, NULL, dx->data));
+    if (dw) {
+        if (o->prec_dw == ET_PREC_INT8 && nch == 1)   /* dw' = acc * (sx * sdy) */
+            LP_TRY(et_dequantize_s32(dwout, 1, nout, &dw_scale, 0, dwf));
+        else if (o->prec_dw == ET_PREC_INT8) {        /* chunks: exact int64 sum first */
+            const int32_t *acc = dwout;
+            for (int64_t i = 0; i < nout; i++) {
+                int64_t t = 0;
+                for (int64_t k = 0; k < nch; k++) t += acc[k * nout + i];
+                dwf[i] = (float)t * dw_scale;
+            }
+        }
+        et_prep_crop_transpose(dwf, dw->data, sizeof(float), OC, Cg, KH, KW, gw.ko[0], gw.ko[1]);
+    }
+done:
+    et_lowp_free(&bufs);
+    return st;
+}

@@ -1,0 +1,122 @@
+/* prep.c - see prep.h. */
+#include "prep.h"
+
+#include <string.h>
+
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* one element of esz bytes (1, 2 or 4 here; memcpy otherwise) */
+static inline void cp1(char *d, const char *s, size_t esz)
+{
+    switch (esz) {
+    case 1: *d = *s; break;
+    case 2: memcpy(d, s, 2); break;
+    case 4: memcpy(d, s, 4); break;
+    default: memcpy(d, s, esz); break;
+    }
+}
+
+void et_prep_dx_geometry(const et_conv2d_params *p, const int64_t in[2], const int64_t k[2],
+                         const int64_t o[2], et_prep_dx_geom *g)
+{
+    for (int i = 0; i < 2; i++) {
+        const int64_t s = p->stride[i], d = p->dilation[i], pad = p->padding[i];
+        const int64_t L = (o[i] - 1) * s + 1;          /* dy dilated by the stride */
+        const int64_t lo = d * (k[i] - 1) - pad;       /* low padding of dilated dy */
+        const int64_t hi = in[i] - L + pad;            /* makes the output exactly in[i] */
+        g->crop_lo[i] = max64(0, -lo);
+        g->dd[i] = L - g->crop_lo[i] - max64(0, -hi);
+        g->pad_lo[i] = max64(0, lo);
+        g->pad_hi[i] = max64(0, hi);
+    }
+    g->copy = !(p->stride[0] == 1 && p->stride[1] == 1 && g->crop_lo[0] == 0 &&
+                g->crop_lo[1] == 0 && g->dd[0] == o[0] && g->dd[1] == o[1]);
+}
+
+void et_prep_dw_geometry(const et_conv2d_params *p, const int64_t in[2], const int64_t k[2],
+                         const int64_t o[2], et_prep_dw_geom *g)
+{
+    for (int i = 0; i < 2; i++) {
+        const int64_t s = p->stride[i], d = p->dilation[i], pad = p->padding[i];
+        /* high padding that makes the output exactly K (never more than pad) */
+        const int64_t need = (o[i] - 1) * s - pad + (k[i] - 1) * d - (in[i] - 1);
+        g->pad_lo[i] = pad;
+        g->pad_hi[i] = max64(0, need);
+        g->ko[i] = et_conv_out_size(in[i], o[i], d, pad, g->pad_hi[i], s);
+    }
+}
+
+void et_prep_dilate(const void *src, void *dst, size_t esz, int64_t NC, int64_t OH, int64_t OW,
+                    const int64_t stride[2], const int64_t crop_lo[2], const int64_t dd[2])
+{
+    const int64_t D = dd[0] * dd[1];
+    const size_t n = (size_t)(NC * D);
+    memset(dst, 0, n * esz);
+    const char *s = src;
+    char *d = dst;
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t nc = 0; nc < NC; nc++) {
+        const char *sp = s + (size_t)(nc * OH * OW) * esz;
+        char *dp = d + (size_t)(nc * D) * esz;
+        for (int64_t oh = 0; oh < OH; oh++) {
+            const int64_t r = oh * stride[0] - crop_lo[0];
+            if (r < 0 || r >= dd[0]) continue;
+            for (int64_t ow = 0; ow < OW; ow++) {
+                const int64_t c = ow * stride[1] - crop_lo[1];
+                if (c >= 0 && c < dd[1])
+                    cp1(dp + (size_t)(r * dd[1] + c) * esz, sp + (size_t)(oh * OW + ow) * esz, esz);
+            }
+        }
+    }
+}
+
+void et_prep_flip_transpose(const void *w, void *wt, size_t esz, int64_t OC, int64_t Cg,
+                            int64_t KH, int64_t KW, int64_t G)
+{
+    const int64_t OCg = OC / G, KK = KH * KW;
+    const char *wp = w;
+    char *tp = wt;
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t c = 0; c < Cg; c++)
+            for (int64_t o = 0; o < OCg; o++) {
+                const char *src = wp + (size_t)(((g * OCg + o) * Cg + c) * KK) * esz;
+                char *dst = tp + (size_t)(((g * Cg + c) * OCg + o) * KK) * esz;
+                for (int64_t k = 0; k < KK; k++)
+                    cp1(dst + (size_t)k * esz, src + (size_t)(KK - 1 - k) * esz, esz);
+            }
+}
+
+void et_prep_group_swap(const void *x, void *xt, size_t esz, int64_t N, int64_t C, int64_t HW,
+                        int64_t G)
+{
+    const int64_t Cg = C / G;
+    const size_t plane = (size_t)HW * esz;
+    const char *xp = x;
+    char *tp = xt;
+    for (int64_t c = 0; c < Cg; c++)
+        for (int64_t g = 0; g < G; g++)
+            for (int64_t n = 0; n < N; n++)
+                memcpy(tp + (size_t)((c * G + g) * N + n) * plane,
+                       xp + (size_t)(n * C + g * Cg + c) * plane, plane);
+}
+
+void et_prep_crop_transpose(const void *out, void *dw, size_t esz, int64_t OC, int64_t Cg,
+                            int64_t KH, int64_t KW, int64_t KHo, int64_t KWo)
+{
+    const char *op = out;
+    char *d = dw;
+    for (int64_t o = 0; o < OC; o++)
+        for (int64_t c = 0; c < Cg; c++)
+            for (int64_t kh = 0; kh < KH; kh++)
+                memcpy(d + (size_t)(((o * Cg + c) * KH + kh) * KW) * esz,
+                       op + (size_t)(((c * OC + o) * KHo + kh) * KWo) * esz, (size_t)KW * esz);
+}
+
+void et_prep_transpose2d(const void *src, void *dst, size_t esz, int64_t R, int64_t C)
+{
+    const char *s = src;
+    char *d = dst;
+    for (int64_t r = 0; r < R; r++)
+        for (int64_t c = 0; c < C; c++)
+            cp1(d + (size_t)(c * R + r) * esz, s + (size_t)(r * C + c) * esz, esz);
+}

@@ -1,0 +1,63 @@
+/* prep.h - operand preparation for the backward passes, byte-size generic.
+ *
+ * Why: dx and dw of conv2d are forward convolutions of REARRANGED operands
+ * (see conv2d.h). In low precision the rearranging runs on the quantized /
+ * converted operands (1-byte int8, 2-byte bf16/f16, 4-byte f32), so each
+ * helper copies elements of `esz` bytes. The zero they insert is all-zero
+ * bytes, which is 0 in every dtype (f32, bf16, f16, s8, u8). Per-tensor
+ * quantization commutes with these moves, so quantizing first and moving
+ * bytes afterwards gives the same operands as the other way round.
+ * (conv2d.c has static fp32-only copies of the same moves; it can switch to
+ * these.)
+ */
+#ifndef ET_OPS_PREP_H
+#define ET_OPS_PREP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conv2d.h"
+
+/* Geometry of the backward-data conv of one spatial dim set: the stride-1,
+ * dilation-d conv of dy zero-dilated by the stride, cropped by crop_lo at the
+ * start and to dd elements, padded by (pad_lo, pad_hi). copy = 0 when dy can
+ * be used as is (stride 1, nothing cropped). */
+typedef struct et_prep_dx_geom {
+    int64_t pad_lo[2], pad_hi[2], crop_lo[2], dd[2];
+    int copy;
+} et_prep_dx_geom;
+/* in: x's (H, W); k: (KH, KW); o: dy's (OH, OW). */
+void et_prep_dx_geometry(const et_conv2d_params *p, const int64_t in[2], const int64_t k[2],
+                         const int64_t o[2], et_prep_dx_geom *g);
+
+/* Geometry of the backward-weight conv (stride d, dilation s, pad_lo p,
+ * pad_hi making the output >= K); ko: its output (KHo, KWo) >= (KH, KW). */
+typedef struct et_prep_dw_geom {
+    int64_t pad_lo[2], pad_hi[2], ko[2];
+} et_prep_dw_geom;
+void et_prep_dw_geometry(const et_conv2d_params *p, const int64_t in[2], const int64_t k[2],
+                         const int64_t o[2], et_prep_dw_geom *g);
+
+/* dst (NC, dd0, dd1) = zeros with dst[nc, oh*s0 - crop0, ow*s1 - crop1] = src[nc, oh, ow]
+ * (positions outside [0, dd) dropped). src (NC, OH, OW). */
+void et_prep_dilate(const void *src, void *dst, size_t esz, int64_t NC, int64_t OH, int64_t OW,
+                    const int64_t stride[2], const int64_t crop_lo[2], const int64_t dd[2]);
+
+/* wt (C, OC/G, KH, KW): wt[g*Cg + c, o, kh, kw] = w[g*OCg + o, c, KH-1-kh, KW-1-kw]
+ * from w (OC, Cg, KH, KW). */
+void et_prep_flip_transpose(const void *w, void *wt, size_t esz, int64_t OC, int64_t Cg,
+                            int64_t KH, int64_t KW, int64_t G);
+
+/* xt (C/G, G*N, HW): xt[c, g*N + n] = x[n, g*Cg + c] from x (N, C, HW).
+ * G = 1 is the plain batch/channel swap (dy (N, OC, OHW) -> (OC, N, OHW)). */
+void et_prep_group_swap(const void *x, void *xt, size_t esz, int64_t N, int64_t C, int64_t HW,
+                        int64_t G);
+
+/* dw (OC, Cg, KH, KW) = out (Cg, OC, KHo, KWo) transposed, cropped to KH, KW. */
+void et_prep_crop_transpose(const void *out, void *dw, size_t esz, int64_t OC, int64_t Cg,
+                            int64_t KH, int64_t KW, int64_t KHo, int64_t KWo);
+
+/* dst (C, R) = src (R, C) transposed. */
+void et_prep_transpose2d(const void *src, void *dst, size_t esz, int64_t R, int64_t C);
+
+#endif
