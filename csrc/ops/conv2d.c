@@ -1,5 +1,6 @@
 /* conv2d.c - see conv2d.h for the math; shapes are commented inline. */
 #include "conv2d.h"
+#include "prep.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -7,7 +8,6 @@
 _Static_assert(sizeof(et_conv2d_args) <= ET_JOB_ARG_MAX, "conv2d job args exceed a queue slot");
 _Static_assert(sizeof(et_matmul_args) <= ET_JOB_ARG_MAX, "matmul job args exceed a queue slot");
 
-static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 et_status et_offload_sync(et_job_fn fn, const void *arg, size_t size)
 {
@@ -145,50 +145,28 @@ static et_status dx_plan_make(const char *op, const et_backend *be, const et_ten
     const int64_t OC = w->shape[0], Cg = w->shape[1], KH = w->shape[2], KW = w->shape[3];
     const int64_t OH = dy->shape[2], OW = dy->shape[3], G = p->groups, OCg = OC / G;
     const int64_t in[2] = {H, W}, K[2] = {KH, KW}, O[2] = {OH, OW};
-    int64_t crop_lo[2], dd[2];   // dd: spatial size of the dilated, cropped dy
+    et_prep_dx_geom geo;   /* the same geometry as the low-precision path (prep.h) */
+    et_prep_dx_geometry(p, in, K, O, &geo);
     fill_args(&pl->args, be, G);
     for (int i = 0; i < 2; i++) {
-        const int64_t s = p->stride[i], d = p->dilation[i], pad = p->padding[i];
-        const int64_t L = (O[i] - 1) * s + 1;              /* dy dilated by the stride */
-        const int64_t lo = d * (K[i] - 1) - pad;           /* low padding of dilated dy */
-        const int64_t hi = in[i] - L + pad;                /* makes the output exactly in[i] */
-        crop_lo[i] = max64(0, -lo);
-        dd[i] = L - crop_lo[i] - max64(0, -hi);
-        pl->args.pad_lo[i] = max64(0, lo);
-        pl->args.pad_hi[i] = max64(0, hi);
+        pl->args.pad_lo[i] = geo.pad_lo[i];
+        pl->args.pad_hi[i] = geo.pad_hi[i];
         pl->args.stride[i] = 1;
-        pl->args.dilation[i] = d;
+        pl->args.dilation[i] = p->dilation[i];
     }
-    const float *dyp = dy->data;   // (N, OC, OH, OW)
-    const int copy = !(p->stride[0] == 1 && p->stride[1] == 1 && crop_lo[0] == 0 &&
-                       crop_lo[1] == 0 && dd[0] == OH && dd[1] == OW);
-    int64_t dshape[4] = {N, OC, dd[0], dd[1]};
-    if (copy) {
-        const size_t n = (size_t)(N * OC * dd[0] * dd[1]);
+    int64_t dshape[4] = {N, OC, geo.dd[0], geo.dd[1]};
+    if (geo.copy) {
+        const size_t n = (size_t)(N * OC * geo.dd[0] * geo.dd[1]);
         pl->dyd = et_aligned_alloc(n * sizeof(float));
         if (!pl->dyd) return et_error(ET_ERR_NOMEM, "%s: cannot allocate dilated grad_output "
                                       "(%lld, %lld, %lld, %lld)", op, (long long)N, (long long)OC,
-                                      (long long)dd[0], (long long)dd[1]);
-        memset(pl->dyd, 0, n * sizeof(float));
-        const int64_t s0 = p->stride[0], s1 = p->stride[1];
-#pragma omp parallel for schedule(static) if (n > 65536)
-        for (int64_t nc = 0; nc < N * OC; nc++) {
-            const float *src = dyp + nc * OH * OW;
-            float *dst = pl->dyd + nc * dd[0] * dd[1];
-            for (int64_t oh = 0; oh < OH; oh++) {
-                const int64_t r = oh * s0 - crop_lo[0];
-                if (r < 0 || r >= dd[0]) continue;
-                for (int64_t ow = 0; ow < OW; ow++) {
-                    const int64_t c = ow * s1 - crop_lo[1];
-                    if (c >= 0 && c < dd[1]) dst[r * dd[1] + c] = src[oh * OW + ow];
-                }
-            }
-        }
+                                      (long long)geo.dd[0], (long long)geo.dd[1]);
+        et_prep_dilate(dy->data, pl->dyd, sizeof(float), N * OC, OH, OW, p->stride,
+                       geo.crop_lo, geo.dd);
         ET_TRY(et_tensor_view(&pl->args.x, pl->dyd, ET_F32, 4, dshape));
     } else {
         pl->args.x = *dy;
     }
-    /* wt[g*Cg + c, o, kh, kw] = w[g*OCg + o, c, KH-1-kh, KW-1-kw] */
     const size_t nw = (size_t)(OC * Cg * KH * KW);
     pl->wt = et_aligned_alloc(nw * sizeof(float));
     if (!pl->wt) {
@@ -196,14 +174,7 @@ static et_status dx_plan_make(const char *op, const et_backend *be, const et_ten
         return et_error(ET_ERR_NOMEM, "%s: cannot allocate the transposed weight (%lld floats)",
                         op, (long long)nw);
     }
-    const float *wp = w->data;   // (OC, C/G, KH, KW)
-    for (int64_t g = 0; g < G; g++)
-        for (int64_t c = 0; c < Cg; c++)
-            for (int64_t o = 0; o < OCg; o++) {
-                const float *src = wp + ((g * OCg + o) * Cg + c) * KH * KW;
-                float *dst = pl->wt + ((g * Cg + c) * OCg + o) * KH * KW;
-                for (int64_t k = 0; k < KH * KW; k++) dst[k] = src[KH * KW - 1 - k];
-            }
+    et_prep_flip_transpose(w->data, pl->wt, sizeof(float), OC, Cg, KH, KW, G);
     int64_t wshape[4] = {C, OCg, KH, KW};
     et_status st = et_tensor_view(&pl->args.w, pl->wt, ET_F32, 4, wshape);
     if (st == ET_OK) {
@@ -240,56 +211,43 @@ static et_status dw_plan_make(const char *op, const et_backend *be, const et_ten
     const int64_t OC = dw->shape[0], Cg = dw->shape[1], KH = dw->shape[2], KW = dw->shape[3];
     const int64_t OH = dy->shape[2], OW = dy->shape[3], G = p->groups;
     const int64_t in[2] = {H, W}, K[2] = {KH, KW}, O[2] = {OH, OW};
-    int64_t ko[2];
+    et_prep_dw_geom geo;   /* the same geometry as the low-precision path (prep.h) */
+    et_prep_dw_geometry(p, in, K, O, &geo);
     fill_args(&pl->args, be, G);
     for (int i = 0; i < 2; i++) {
-        const int64_t s = p->stride[i], d = p->dilation[i], pad = p->padding[i];
-        /* high padding that makes the output exactly K (never more than pad) */
-        const int64_t need = (O[i] - 1) * s - pad + (K[i] - 1) * d - (in[i] - 1);
-        pl->args.stride[i] = d;
-        pl->args.dilation[i] = s;
-        pl->args.pad_lo[i] = pad;
-        pl->args.pad_hi[i] = max64(0, need);
-        ko[i] = et_conv_out_size(in[i], O[i], d, pad, pl->args.pad_hi[i], s);
+        pl->args.stride[i] = p->dilation[i];
+        pl->args.dilation[i] = p->stride[i];
+        pl->args.pad_lo[i] = geo.pad_lo[i];
+        pl->args.pad_hi[i] = geo.pad_hi[i];
     }
     et_status st = ET_OK;
-    const float *xp = x->data, *dyp = dy->data;
     /* x' (C/G, G*N, H, W) */
     int64_t xs[4] = {Cg, G * N, H, W};
     if (N == 1 && G == 1) {
-        ET_TRY(et_tensor_view(&pl->args.x, (void *)xp, ET_F32, 4, xs));   /* same bytes */
+        ET_TRY(et_tensor_view(&pl->args.x, x->data, ET_F32, 4, xs));   /* same bytes */
     } else {
         pl->xt = et_aligned_alloc((size_t)(N * C * H * W) * sizeof(float));
         if (!pl->xt) return et_error(ET_ERR_NOMEM, "%s: cannot allocate transposed input %lld floats",
                                      op, (long long)(N * C * H * W));
-        const int64_t HW = H * W;
-        for (int64_t c = 0; c < Cg; c++)
-            for (int64_t g = 0; g < G; g++)
-                for (int64_t n = 0; n < N; n++)
-                    memcpy(pl->xt + ((c * G + g) * N + n) * HW, xp + (n * C + g * Cg + c) * HW,
-                           (size_t)HW * sizeof(float));
+        et_prep_group_swap(x->data, pl->xt, sizeof(float), N, C, H * W, G);
         ET_TRY(et_tensor_view(&pl->args.x, pl->xt, ET_F32, 4, xs));
     }
     /* dy' (OC, N, OH, OW) */
     int64_t ds[4] = {OC, N, OH, OW};
     if (N == 1) {
-        st = et_tensor_view(&pl->args.w, (void *)dyp, ET_F32, 4, ds);
+        st = et_tensor_view(&pl->args.w, dy->data, ET_F32, 4, ds);
     } else {
         pl->dyt = et_aligned_alloc((size_t)(N * OC * OH * OW) * sizeof(float));
         if (!pl->dyt) {
             dw_plan_free(pl);
             return et_error(ET_ERR_NOMEM, "%s: cannot allocate transposed grad_output", op);
         }
-        const int64_t OHW = OH * OW;
-        for (int64_t o = 0; o < OC; o++)
-            for (int64_t n = 0; n < N; n++)
-                memcpy(pl->dyt + (o * N + n) * OHW, dyp + (n * OC + o) * OHW,
-                       (size_t)OHW * sizeof(float));
+        et_prep_group_swap(dy->data, pl->dyt, sizeof(float), N, OC, OH * OW, 1);
         st = et_tensor_view(&pl->args.w, pl->dyt, ET_F32, 4, ds);
     }
     if (st != ET_OK) { dw_plan_free(pl); return st; }
-    int64_t os[4] = {Cg, OC, ko[0], ko[1]};
-    pl->out = et_aligned_alloc((size_t)(Cg * OC * ko[0] * ko[1]) * sizeof(float));
+    int64_t os[4] = {Cg, OC, geo.ko[0], geo.ko[1]};
+    pl->out = et_aligned_alloc((size_t)(Cg * OC * geo.ko[0] * geo.ko[1]) * sizeof(float));
     if (!pl->out) {
         dw_plan_free(pl);
         return et_error(ET_ERR_NOMEM, "%s: cannot allocate the weight-gradient buffer", op);
@@ -303,14 +261,8 @@ static et_status dw_plan_make(const char *op, const et_backend *be, const et_ten
 /* out (C/G, OC, KHo, KWo) -> dw (OC, C/G, KH, KW), cropping the leftover rows. */
 static void dw_plan_finish(const dw_plan *pl, et_tensor *dw)
 {
-    const int64_t OC = dw->shape[0], Cg = dw->shape[1], KH = dw->shape[2], KW = dw->shape[3];
-    const int64_t KHo = pl->args.y.shape[2], KWo = pl->args.y.shape[3];
-    float *d = dw->data;
-    for (int64_t o = 0; o < OC; o++)
-        for (int64_t c = 0; c < Cg; c++)
-            for (int64_t kh = 0; kh < KH; kh++)
-                memcpy(d + ((o * Cg + c) * KH + kh) * KW,
-                       pl->out + ((c * OC + o) * KHo + kh) * KWo, (size_t)KW * sizeof(float));
+    et_prep_crop_transpose(pl->out, dw->data, sizeof(float), dw->shape[0], dw->shape[1],
+                           dw->shape[2], dw->shape[3], pl->args.y.shape[2], pl->args.y.shape[3]);
 }
 
 static void bias_grad(const et_tensor *dy, et_tensor *db)

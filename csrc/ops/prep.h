@@ -7,8 +7,7 @@
  * bytes, which is 0 in every dtype (f32, bf16, f16, s8, u8). Per-tensor
  * quantization commutes with these moves, so quantizing first and moving
  * bytes afterwards gives the same operands as the other way round.
- * (conv2d.c has static fp32-only copies of the same moves; it can switch to
- * these.)
+ * The fp32 path (conv2d.c) uses the same helpers with esz = 4.
  */
 #ifndef ET_OPS_PREP_H
 #define ET_OPS_PREP_H
