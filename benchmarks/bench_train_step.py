@@ -5,7 +5,7 @@ warm-up steps are excluded; each figure is the median of --steps measured
 steps. Results go to benchmarks/results/train_step_fp32.{json,md} (written
 atomically) with the machine's description.
 
-    .venv/bin/python benchmarks/bench_train_step.py [--steps 7] [--threads N]
+    .venv/bin/python benchmarks/bench_train_step.py [--steps 15] [--threads N]
 """
 import argparse
 import json
@@ -85,7 +85,7 @@ def atomic_write(path, text):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--backends", default=",".join(b for b in et.backends() if b != "ref"))
