@@ -18,26 +18,7 @@
 #include "../ops/linear.h"
 
 /* Borrows a float32 array; a wrong dtype raises DtypeError naming the shape. */
-static int farg(PyObject *obj, const char *op, const char *name, et_tensor *out, int optional)
-{
-    if (optional && (obj == NULL || obj == Py_None))
-        return et_py_tensor_arg_opt(obj, op, name, -1, ET_F32, out);
-    if (obj && PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32) {
-        PyObject *shape = PyObject_GetAttrString(obj, "shape");
-        PyErr_Format(et_py_TypeError, "%s: %s must be float32, got %s array of shape %R", op,
-                     name, PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name, shape);
-        Py_XDECREF(shape);
-        return -1;
-    }
-    return et_py_tensor_arg(obj, op, name, -1, ET_F32, out);
-}
 
-static const et_backend *backend_arg(const char *name)
-{
-    const et_backend *b = et_backend_find(name);
-    if (!b) et_py_raise(ET_ERR_VALUE, NULL);
-    return b;
-}
 
 static PyObject *py_backends(PyObject *self, PyObject *unused)
 {
@@ -65,10 +46,10 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     et_matmul_args m;
     memset(&m, 0, sizeof m);
-    if (farg(oa, "matmul", "a", &m.a, 0) < 0 || farg(ob, "matmul", "b", &m.b, 0) < 0 ||
-        farg(obias, "matmul", "bias", &m.bias, 1) < 0)
+    if (et_py_f32_arg(oa, "matmul", "a", &m.a, 0) < 0 || et_py_f32_arg(ob, "matmul", "b", &m.b, 0) < 0 ||
+        et_py_f32_arg(obias, "matmul", "bias", &m.bias, 1) < 0)
         return NULL;
-    if (!(m.backend = backend_arg(bname))) return NULL;
+    if (!(m.backend = et_py_backend_arg(bname))) return NULL;
     m.trans_a = ta;
     m.trans_b = tb;
     if (m.a.ndim != 2 || m.b.ndim != 2) {
@@ -83,6 +64,43 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw)
     if (st == ET_OK) {
         Py_BEGIN_ALLOW_THREADS
         st = et_offload_sync(et_matmul_job, &m, sizeof m);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
+    return y;
+}
+
+/* The shared end of conv2d_primitive and conv2d_primitive_lowp: geometry
+ * arguments, backend, output allocation (dtype ydt), checks, one queued job. */
+static PyObject *conv_primitive_run(const char *op, et_conv2d_args *pa, et_dtype ydt,
+                                    PyObject *os, PyObject *opl, PyObject *oph, PyObject *od,
+                                    long long groups, const char *bname)
+{
+    if ((os && et_py_int_tuple(os, op, "stride", 2, pa->stride) < 0) ||
+        (opl && et_py_int_tuple(opl, op, "pad_lo", 2, pa->pad_lo) < 0) ||
+        (oph && et_py_int_tuple(oph, op, "pad_hi", 2, pa->pad_hi) < 0) ||
+        (od && et_py_int_tuple(od, op, "dilation", 2, pa->dilation) < 0))
+        return NULL;
+    pa->groups = groups;
+    if (!(pa->backend = et_py_backend_arg(bname))) return NULL;
+    char sx[96], sw[96];
+    if (pa->x.ndim != 4 || pa->w.ndim != 4)
+        return et_py_raise(et_error(ET_ERR_VALUE, "%s: x %s and w %s must be 4D", op,
+                                    et_shape_str(&pa->x, sx, sizeof sx),
+                                    et_shape_str(&pa->w, sw, sizeof sw)), NULL);
+    int64_t ys[4] = {pa->x.shape[0], pa->w.shape[0],
+                     et_conv_out_size(pa->x.shape[2], pa->w.shape[2], pa->stride[0], pa->pad_lo[0],
+                                      pa->pad_hi[0], pa->dilation[0]),
+                     et_conv_out_size(pa->x.shape[3], pa->w.shape[3], pa->stride[1], pa->pad_lo[1],
+                                      pa->pad_hi[1], pa->dilation[1])};
+    if (ys[2] < 0) ys[2] = 0;
+    if (ys[3] < 0) ys[3] = 0;
+    PyObject *y = et_py_empty(4, ys, ydt, 0, &pa->y);
+    if (!y) return NULL;
+    et_status st = et_conv2d_check(op, pa);
+    if (st == ET_OK) {
+        Py_BEGIN_ALLOW_THREADS
+        st = et_offload_sync(et_conv2d_job, pa, sizeof *pa);
         Py_END_ALLOW_THREADS
     }
     if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
@@ -104,38 +122,10 @@ static PyObject *py_conv2d_primitive(PyObject *self, PyObject *args, PyObject *k
     et_conv2d_args a;
     memset(&a, 0, sizeof a);
     a.stride[0] = a.stride[1] = a.dilation[0] = a.dilation[1] = 1;
-    if (farg(ox, op, "x", &a.x, 0) < 0 || farg(ow, op, "w", &a.w, 0) < 0 ||
-        farg(obias, op, "bias", &a.bias, 1) < 0)
+    if (et_py_f32_arg(ox, op, "x", &a.x, 0) < 0 || et_py_f32_arg(ow, op, "w", &a.w, 0) < 0 ||
+        et_py_f32_arg(obias, op, "bias", &a.bias, 1) < 0)
         return NULL;
-    if ((os && et_py_int_tuple(os, op, "stride", 2, a.stride) < 0) ||
-        (opl && et_py_int_tuple(opl, op, "pad_lo", 2, a.pad_lo) < 0) ||
-        (oph && et_py_int_tuple(oph, op, "pad_hi", 2, a.pad_hi) < 0) ||
-        (od && et_py_int_tuple(od, op, "dilation", 2, a.dilation) < 0))
-        return NULL;
-    a.groups = groups;
-    if (!(a.backend = backend_arg(bname))) return NULL;
-    char sx[96], sw[96];
-    if (a.x.ndim != 4 || a.w.ndim != 4)
-        return et_py_raise(et_error(ET_ERR_VALUE, "%s: x %s and w %s must be 4D", op,
-                                    et_shape_str(&a.x, sx, sizeof sx),
-                                    et_shape_str(&a.w, sw, sizeof sw)), NULL);
-    int64_t ys[4] = {a.x.shape[0], a.w.shape[0],
-                     et_conv_out_size(a.x.shape[2], a.w.shape[2], a.stride[0], a.pad_lo[0],
-                                      a.pad_hi[0], a.dilation[0]),
-                     et_conv_out_size(a.x.shape[3], a.w.shape[3], a.stride[1], a.pad_lo[1],
-                                      a.pad_hi[1], a.dilation[1])};
-    if (ys[2] < 0) ys[2] = 0;
-    if (ys[3] < 0) ys[3] = 0;
-    PyObject *y = et_py_empty(4, ys, ET_F32, 0, &a.y);
-    if (!y) return NULL;
-    et_status st = et_conv2d_check(op, &a);
-    if (st == ET_OK) {
-        Py_BEGIN_ALLOW_THREADS
-        st = et_offload_sync(et_conv2d_job, &a, sizeof a);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
-    return y;
+    return conv_primitive_run(op, &a, ET_F32, os, opl, oph, od, groups, bname);
 }
 
 static int conv_params(const char *op, PyObject *os, PyObject *op_, PyObject *od,
@@ -164,10 +154,10 @@ static PyObject *py_conv2d_forward(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     et_tensor x, w, bias, y;
     et_conv2d_params p;
-    if (farg(ox, op, "x", &x, 0) < 0 || farg(ow, op, "w", &w, 0) < 0 ||
-        farg(obias, op, "bias", &bias, 1) < 0 || conv_params(op, os, opd, od, groups, &p) < 0)
+    if (et_py_f32_arg(ox, op, "x", &x, 0) < 0 || et_py_f32_arg(ow, op, "w", &w, 0) < 0 ||
+        et_py_f32_arg(obias, op, "bias", &bias, 1) < 0 || conv_params(op, os, opd, od, groups, &p) < 0)
         return NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[4];
     et_status st = et_conv2d_shape(op, &x, &w, &bias, &p, ys);
@@ -197,10 +187,10 @@ static PyObject *py_conv2d_backward(PyObject *self, PyObject *args, PyObject *kw
         return NULL;
     et_tensor dy, x, w, dx, dw, db;
     et_conv2d_params p;
-    if (farg(ody, op, "dy", &dy, 0) < 0 || farg(ox, op, "x", &x, 0) < 0 ||
-        farg(ow, op, "w", &w, 0) < 0 || conv_params(op, os, opd, od, groups, &p) < 0)
+    if (et_py_f32_arg(ody, op, "dy", &dy, 0) < 0 || et_py_f32_arg(ox, op, "x", &x, 0) < 0 ||
+        et_py_f32_arg(ow, op, "w", &w, 0) < 0 || conv_params(op, os, opd, od, groups, &p) < 0)
         return NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[4];
     et_status st = et_conv2d_shape(op, &x, &w, NULL, &p, ys);
@@ -241,7 +231,7 @@ static PyObject *conv2d_backward_one(PyObject *args, PyObject *kw, int data)
     et_tensor dy, operand, out;
     et_conv2d_params p;
     int64_t shape[4];
-    if (farg(ody, op, "dy", &dy, 0) < 0 || farg(oop, op, data ? "w" : "x", &operand, 0) < 0 ||
+    if (et_py_f32_arg(ody, op, "dy", &dy, 0) < 0 || et_py_f32_arg(oop, op, data ? "w" : "x", &operand, 0) < 0 ||
         et_py_int_tuple(oshape, op, data ? "x_shape" : "w_shape", 4, shape) < 0 ||
         conv_params(op, os, opd, od, groups, &p) < 0)
         return NULL;
@@ -251,7 +241,7 @@ static PyObject *conv2d_backward_one(PyObject *args, PyObject *kw, int data)
                                         op, data ? "x_shape" : "w_shape", (long long)shape[0],
                                         (long long)shape[1], (long long)shape[2],
                                         (long long)shape[3]), NULL);
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     PyObject *res = et_py_empty(4, shape, ET_F32, 0, &out);
     if (!res) return NULL;
@@ -291,10 +281,10 @@ static PyObject *py_linear_forward(PyObject *self, PyObject *args, PyObject *kw)
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Os:linear_forward", kwl, &ox, &ow, &obias, &bname))
         return NULL;
     et_tensor x, w, bias, y;
-    if (farg(ox, op, "x", &x, 0) < 0 || farg(ow, op, "w", &w, 0) < 0 ||
-        farg(obias, op, "bias", &bias, 1) < 0)
+    if (et_py_f32_arg(ox, op, "x", &x, 0) < 0 || et_py_f32_arg(ow, op, "w", &w, 0) < 0 ||
+        et_py_f32_arg(obias, op, "bias", &bias, 1) < 0)
         return NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[2];
     et_status st = et_linear_shape(op, &x, &w, &bias, ys);
@@ -320,10 +310,10 @@ static PyObject *py_linear_backward(PyObject *self, PyObject *args, PyObject *kw
                                      &need_dx, &need_dw, &need_db, &bname))
         return NULL;
     et_tensor dy, x, w, dx, dw, db;
-    if (farg(ody, op, "dy", &dy, 0) < 0 || farg(ox, op, "x", &x, 0) < 0 ||
-        farg(ow, op, "w", &w, 0) < 0)
+    if (et_py_f32_arg(ody, op, "dy", &dy, 0) < 0 || et_py_f32_arg(ox, op, "x", &x, 0) < 0 ||
+        et_py_f32_arg(ow, op, "w", &w, 0) < 0)
         return NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[2];
     et_status st = et_linear_shape(op, &x, &w, NULL, ys);
@@ -425,7 +415,7 @@ static PyObject *py_im2col(PyObject *self, PyObject *args, PyObject *kw)
         return NULL;
     et_tensor x, c;
     unfold_params u;
-    if (farg(ox, op, "x", &x, 0) < 0) return NULL;
+    if (et_py_f32_arg(ox, op, "x", &x, 0) < 0) return NULL;
     if (x.ndim != 4) {
         char s[96];
         return et_py_raise(et_error(ET_ERR_VALUE, "%s: x must be 4D (N, C, H, W), got %s", op,
@@ -459,7 +449,7 @@ static PyObject *py_col2im(PyObject *self, PyObject *args, PyObject *kw)
     et_tensor c, x;
     unfold_params u;
     int64_t xs[4], o[2];
-    if (farg(oc, op, "cols", &c, 0) < 0 || et_py_int_tuple(oxs, op, "x_shape", 4, xs) < 0 ||
+    if (et_py_f32_arg(oc, op, "cols", &c, 0) < 0 || et_py_int_tuple(oxs, op, "x_shape", 4, xs) < 0 ||
         unfold_args(op, ok, os, opl, oph, od, &u) < 0)
         return NULL;
     for (int i = 0; i < 4; i++)
@@ -591,7 +581,7 @@ static PyObject *py_matmul_lowp(PyObject *self, PyObject *args, PyObject *kw)
     memset(&m, 0, sizeof m);
     et_dtype ydt;
     if (lowp_args(op, oa, "a", ob, "b", obias, prec, &m.a, &m.b, &m.bias, &ydt) < 0) return NULL;
-    if (!(m.backend = backend_arg(bname))) return NULL;
+    if (!(m.backend = et_py_backend_arg(bname))) return NULL;
     m.trans_a = ta;
     m.trans_b = tb;
     if (m.a.ndim != 2 || m.b.ndim != 2) {
@@ -629,35 +619,7 @@ static PyObject *py_conv2d_primitive_lowp(PyObject *self, PyObject *args, PyObje
     a.stride[0] = a.stride[1] = a.dilation[0] = a.dilation[1] = 1;
     et_dtype ydt;
     if (lowp_args(op, ox, "x", ow, "w", obias, prec, &a.x, &a.w, &a.bias, &ydt) < 0) return NULL;
-    if ((os && et_py_int_tuple(os, op, "stride", 2, a.stride) < 0) ||
-        (opl && et_py_int_tuple(opl, op, "pad_lo", 2, a.pad_lo) < 0) ||
-        (oph && et_py_int_tuple(oph, op, "pad_hi", 2, a.pad_hi) < 0) ||
-        (od && et_py_int_tuple(od, op, "dilation", 2, a.dilation) < 0))
-        return NULL;
-    a.groups = groups;
-    if (!(a.backend = backend_arg(bname))) return NULL;
-    char sx[96], sw[96];
-    if (a.x.ndim != 4 || a.w.ndim != 4)
-        return et_py_raise(et_error(ET_ERR_VALUE, "%s: x %s and w %s must be 4D", op,
-                                    et_shape_str(&a.x, sx, sizeof sx),
-                                    et_shape_str(&a.w, sw, sizeof sw)), NULL);
-    int64_t ys[4] = {a.x.shape[0], a.w.shape[0],
-                     et_conv_out_size(a.x.shape[2], a.w.shape[2], a.stride[0], a.pad_lo[0],
-                                      a.pad_hi[0], a.dilation[0]),
-                     et_conv_out_size(a.x.shape[3], a.w.shape[3], a.stride[1], a.pad_lo[1],
-                                      a.pad_hi[1], a.dilation[1])};
-    if (ys[2] < 0) ys[2] = 0;
-    if (ys[3] < 0) ys[3] = 0;
-    PyObject *y = et_py_empty(4, ys, ydt, 0, &a.y);
-    if (!y) return NULL;
-    et_status st = et_conv2d_check(op, &a);
-    if (st == ET_OK) {
-        Py_BEGIN_ALLOW_THREADS
-        st = et_offload_sync(et_conv2d_job, &a, sizeof a);
-        Py_END_ALLOW_THREADS
-    }
-    if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
-    return y;
+    return conv_primitive_run(op, &a, ydt, os, opl, oph, od, groups, bname);
 }
 
 /* "blas/matmul/s8" */
@@ -724,7 +686,7 @@ static PyObject *py_backend_supports(PyObject *self, PyObject *args)
     (void)self;
     const char *bname, *opn, *dtn;
     if (!PyArg_ParseTuple(args, "sss:backend_supports", &bname, &opn, &dtn)) return NULL;
-    const et_backend *b = backend_arg(bname);
+    const et_backend *b = et_py_backend_arg(bname);
     if (!b) return NULL;
     et_op o;
     if (!strcmp(opn, "matmul")) o = ET_OP_MATMUL;

@@ -10,26 +10,7 @@
 #include "../ops/conv2d_lowp.h"
 #include "../ops/linear_lowp.h"
 
-static int farg(PyObject *obj, const char *op, const char *name, et_tensor *out, int optional)
-{
-    if (optional && (obj == NULL || obj == Py_None))
-        return et_py_tensor_arg_opt(obj, op, name, -1, ET_F32, out);
-    if (obj && PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32) {
-        PyObject *shape = PyObject_GetAttrString(obj, "shape");
-        PyErr_Format(et_py_TypeError, "%s: %s must be float32, got %s array of shape %R", op,
-                     name, PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name, shape);
-        Py_XDECREF(shape);
-        return -1;
-    }
-    return et_py_tensor_arg(obj, op, name, -1, ET_F32, out);
-}
 
-static const et_backend *backend_arg(const char *name)
-{
-    const et_backend *b = et_backend_find(name);
-    if (!b) et_py_raise(ET_ERR_VALUE, NULL);
-    return b;
-}
 
 static int prec_arg(const char *op, const char *arg, const char *name, et_prec *out)
 {
@@ -79,7 +60,7 @@ static int xq_args(const char *op, PyObject *oxq, PyObject *oxs, PyObject *ox, i
             PyErr_Format(et_py_ValueError, "%s: x is None and no x_q was given", op);
             return -1;
         }
-        return farg(ox, op, "x", x, 0);
+        return et_py_f32_arg(ox, op, "x", x, 0);
     }
     if (!PyArray_Check(oxq)) {
         PyErr_Format(et_py_TypeError, "%s: x_q must be a numpy array, got %s", op,
@@ -101,7 +82,7 @@ static int xq_args(const char *op, PyObject *oxq, PyObject *oxs, PyObject *ox, i
     if (s == -1.0 && PyErr_Occurred()) return -1;
     *xscale = (float)s;
     if (ox && ox != Py_None) {
-        if (farg(ox, op, "x", x, 0) < 0) return -1;
+        if (et_py_f32_arg(ox, op, "x", x, 0) < 0) return -1;
     } else if (et_tensor_view(x, NULL, ET_F32, xq->ndim, xq->shape) != ET_OK) {
         et_py_raise(ET_ERR_VALUE, NULL);
         return -1;
@@ -136,11 +117,11 @@ static PyObject *py_conv2d_forward_lowp(PyObject *self, PyObject *args, PyObject
     et_tensor x, w, bias, y, xq;
     et_conv2d_params p;
     et_prec prec;
-    if (farg(ox, op, "x", &x, 0) < 0 || farg(ow, op, "w", &w, 0) < 0 ||
-        farg(obias, op, "bias", &bias, 1) < 0 || conv_params(op, os, opd, od, groups, &p) < 0 ||
+    if (et_py_f32_arg(ox, op, "x", &x, 0) < 0 || et_py_f32_arg(ow, op, "w", &w, 0) < 0 ||
+        et_py_f32_arg(obias, op, "bias", &bias, 1) < 0 || conv_params(op, os, opd, od, groups, &p) < 0 ||
         prec_arg(op, "precision", pname, &prec) < 0)
         return NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[4];
     et_status st = et_conv2d_shape(op, &x, &w, &bias, &p, ys);
@@ -183,15 +164,15 @@ static PyObject *py_conv2d_backward_lowp(PyObject *self, PyObject *args, PyObjec
     et_lowp_bwd_opts o;
     memset(&o, 0, sizeof o);
     o.x_nonneg = x_nonneg;
-    if (farg(ody, op, "dy", &dy, 0) < 0 ||
+    if (et_py_f32_arg(ody, op, "dy", &dy, 0) < 0 ||
         xq_args(op, oxq, oxs, ox, 4, &xq, &o.x_scale, &x) < 0 ||
-        farg(ow, op, "w", &w, 0) < 0 || conv_params(op, os, opd, od, groups, &p) < 0 ||
+        et_py_f32_arg(ow, op, "w", &w, 0) < 0 || conv_params(op, os, opd, od, groups, &p) < 0 ||
         prec_arg(op, "precision_dx", pdx, &o.prec_dx) < 0 ||
         prec_arg(op, "precision_dw", pdw, &o.prec_dw) < 0 ||
         u64_arg(oseed, op, "seed", &o.seed) < 0 || u64_arg(ooff, op, "offset", &o.offset) < 0)
         return NULL;
     o.x_q = xq.data ? &xq : NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[4];
     et_status st = et_conv2d_shape(op, &x, &w, NULL, &p, ys);
@@ -225,10 +206,10 @@ static PyObject *py_linear_forward_lowp(PyObject *self, PyObject *args, PyObject
         return NULL;
     et_tensor x, w, bias, y, xq;
     et_prec prec;
-    if (farg(ox, op, "x", &x, 0) < 0 || farg(ow, op, "w", &w, 0) < 0 ||
-        farg(obias, op, "bias", &bias, 1) < 0 || prec_arg(op, "precision", pname, &prec) < 0)
+    if (et_py_f32_arg(ox, op, "x", &x, 0) < 0 || et_py_f32_arg(ow, op, "w", &w, 0) < 0 ||
+        et_py_f32_arg(obias, op, "bias", &bias, 1) < 0 || prec_arg(op, "precision", pname, &prec) < 0)
         return NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[2];
     et_status st = et_linear_shape(op, &x, &w, &bias, ys);
@@ -267,14 +248,14 @@ static PyObject *py_linear_backward_lowp(PyObject *self, PyObject *args, PyObjec
     et_lowp_bwd_opts o;
     memset(&o, 0, sizeof o);
     o.x_nonneg = x_nonneg;
-    if (farg(ody, op, "dy", &dy, 0) < 0 ||
-        xq_args(op, oxq, oxs, ox, 2, &xq, &o.x_scale, &x) < 0 || farg(ow, op, "w", &w, 0) < 0 ||
+    if (et_py_f32_arg(ody, op, "dy", &dy, 0) < 0 ||
+        xq_args(op, oxq, oxs, ox, 2, &xq, &o.x_scale, &x) < 0 || et_py_f32_arg(ow, op, "w", &w, 0) < 0 ||
         prec_arg(op, "precision_dx", pdx, &o.prec_dx) < 0 ||
         prec_arg(op, "precision_dw", pdw, &o.prec_dw) < 0 ||
         u64_arg(oseed, op, "seed", &o.seed) < 0 || u64_arg(ooff, op, "offset", &o.offset) < 0)
         return NULL;
     o.x_q = xq.data ? &xq : NULL;
-    const et_backend *be = backend_arg(bname);
+    const et_backend *be = et_py_backend_arg(bname);
     if (!be) return NULL;
     int64_t ys[2];
     et_status st = et_linear_shape(op, &x, &w, NULL, ys);

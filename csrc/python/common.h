@@ -59,6 +59,14 @@ PyObject *et_py_empty(int ndim, const int64_t *shape, et_dtype dtype, int zero,
 /* Parses a Python int or a sequence of `n` ints into out[]. */
 int et_py_int_tuple(PyObject *obj, const char *op, const char *arg, int n, int64_t *out);
 
+/* A float32 array argument (`optional`: None gives a view with data NULL);
+ * 0, or -1 with a Python exception naming op, argument, dtype and shape. */
+int et_py_f32_arg(PyObject *obj, const char *op, const char *name, et_tensor *out, int optional);
+
+/* The backend called `name`, or NULL with ShapeError listing the available ones. */
+struct et_backend;
+const struct et_backend *et_py_backend_arg(const char *name);
+
 /* NumPy type number of an edgetrain dtype (bf16 -> uint16 storage). */
 int et_py_npy_type(et_dtype dt);
 

@@ -7,6 +7,8 @@
 
 #include <string.h>
 
+#include "../backends/backend.h"
+
 PyObject *et_py_EdgetrainError;
 PyObject *et_py_ValueError;
 PyObject *et_py_TypeError;
@@ -147,6 +149,30 @@ int et_py_int_tuple(PyObject *obj, const char *op, const char *arg, int n, int64
     }
     Py_DECREF(seq);
     return 0;
+}
+
+/* float32 array argument (None allowed when optional), one message for a
+ * wrong dtype that names the op, the argument and its shape. */
+int et_py_f32_arg(PyObject *obj, const char *op, const char *name, et_tensor *out, int optional)
+{
+    if (optional && (obj == NULL || obj == Py_None))
+        return et_py_tensor_arg_opt(obj, op, name, -1, ET_F32, out);
+    if (obj && PyArray_Check(obj) && PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32) {
+        PyObject *shape = PyObject_GetAttrString(obj, "shape");
+        PyErr_Format(et_py_TypeError, "%s: %s must be float32, got %s array of shape %R", op,
+                     name, PyArray_DESCR((PyArrayObject *)obj)->typeobj->tp_name, shape);
+        Py_XDECREF(shape);
+        return -1;
+    }
+    return et_py_tensor_arg(obj, op, name, -1, ET_F32, out);
+}
+
+/* Backend by name; ShapeError (ValueError) listing the available ones. */
+const et_backend *et_py_backend_arg(const char *name)
+{
+    const et_backend *b = et_backend_find(name);
+    if (!b) et_py_raise(ET_ERR_VALUE, NULL);
+    return b;
 }
 
 static struct PyModuleDef moduledef = {
