@@ -8,11 +8,13 @@ are validated here first so that a bad call raises a ValueError/TypeError
 naming the op and the shapes, never a crash.
 """
 import numbers
+import warnings
 
 import numpy as np
 
 from .. import _C
-from ..autograd import Function
+from ..autograd import Function, is_grad_enabled
+from ..precision import FP32 as _FP32, _SavedToken, current as _current_policy
 from ..backend import get_backend
 from ..errors import DtypeError, ShapeError, UnsupportedError
 from ..random import default_generator
@@ -77,26 +79,73 @@ def _unbatched(x, op):
 
 
 # ---------------------------------------------------------------------------
+# low-precision helpers (edgetrain.precision)
+def _recording(ctx):
+    """True when Function.apply will keep this node for backward."""
+    return is_grad_enabled() and any(ctx.needs_input_grad)
+
+
+def _sr_seed(pdx, pdw):
+    """Seed of the stochastic rounding of dy in an int8 backward pass: one uint64
+    drawn from edgetrain's generator per call (reproducible under manual_seed);
+    no draw when no pass is int8."""
+    if "int8" not in (pdx, pdw):
+        return 0
+    return int(default_generator().integers(0, 2 ** 64, dtype=np.uint64))
+
+
+def _warn_fallbacks():
+    """Surfaces the backend fallbacks (e.g. int8 conv on onednn -> ref), once each."""
+    for msg in _C.fallback_warnings():
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+# ---------------------------------------------------------------------------
 # convolution
 class _Conv2d(Function):
     @staticmethod
     def forward(ctx, x, w, b, stride, padding, dilation, groups):
         ctx.backend = get_backend()
         ctx.conf = (stride, padding, dilation, groups)
-        x, w = _c(x), _c(w)
-        ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return _C.conv2d_forward(x, w, None if b is None else _c(b), stride, padding,
-                                 dilation, groups, backend=ctx.backend)
+        ctx.policy = pol = _current_policy()
+        x, w = _c(x), _c(w)
+        if pol == _FP32:
+            # the fp32 path: unchanged (same jobs, same results)
+            ctx.save_for_backward(x, w, _SavedToken(x.nbytes), None, None)
+            return _C.conv2d_forward(x, w, None if b is None else _c(b), stride, padding,
+                                     dilation, groups, backend=ctx.backend)
+        fwd = pol[0]
+        keep_q = fwd == "int8" and _recording(ctx)
+        out = _C.conv2d_forward_lowp(x, w, None if b is None else _c(b), stride, padding,
+                                     dilation, groups, precision=fwd, backend=ctx.backend,
+                                     return_xq=keep_q)
+        if keep_q:
+            # activations saved at forward precision: x_q (1 byte/element), not x
+            y, xq, xs = out
+            ctx.save_for_backward(None, w, _SavedToken(xq.nbytes), xq, xs)
+        else:
+            y = out
+            ctx.save_for_backward(x, w, _SavedToken(x.nbytes), None, None)
+        _warn_fallbacks()
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        x, w = ctx.saved_tensors
+        x, w, _tok, xq, xs = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conf
         nx, nw, nb = ctx.needs_input_grad[:3]
-        dx, dw, db = _C.conv2d_backward(_c(g), x, w, stride, padding, dilation, groups,
-                                        bool(nx), bool(nw), bool(nb and ctx.has_bias),
-                                        backend=ctx.backend)
+        if ctx.policy == _FP32:
+            dx, dw, db = _C.conv2d_backward(_c(g), x, w, stride, padding, dilation, groups,
+                                            bool(nx), bool(nw), bool(nb and ctx.has_bias),
+                                            backend=ctx.backend)
+            return dx, dw, db, None, None, None, None
+        _, pdx, pdw = ctx.policy
+        dx, dw, db = _C.conv2d_backward_lowp(
+            _c(g), x, w, stride, padding, dilation, groups, bool(nx), bool(nw),
+            bool(nb and ctx.has_bias), precision_dx=pdx, precision_dw=pdw,
+            seed=_sr_seed(pdx, pdw), offset=0, backend=ctx.backend, x_q=xq, x_scale=xs)
+        _warn_fallbacks()
         return dx, dw, db, None, None, None, None
 
 
@@ -165,17 +214,40 @@ class _Linear(Function):
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.backend = get_backend()
-        x, w = _c(x), _c(w)
-        ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return _C.linear_forward(x, w, None if b is None else _c(b), backend=ctx.backend)
+        ctx.policy = pol = _current_policy()
+        x, w = _c(x), _c(w)
+        if pol == _FP32:
+            # the fp32 path: unchanged (same jobs, same results)
+            ctx.save_for_backward(x, w, _SavedToken(x.nbytes), None, None)
+            return _C.linear_forward(x, w, None if b is None else _c(b), backend=ctx.backend)
+        fwd = pol[0]
+        keep_q = fwd == "int8" and _recording(ctx)
+        out = _C.linear_forward_lowp(x, w, None if b is None else _c(b), precision=fwd,
+                                     backend=ctx.backend, return_xq=keep_q)
+        if keep_q:
+            y, xq, xs = out
+            ctx.save_for_backward(None, w, _SavedToken(xq.nbytes), xq, xs)
+        else:
+            y = out
+            ctx.save_for_backward(x, w, _SavedToken(x.nbytes), None, None)
+        _warn_fallbacks()
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        x, w = ctx.saved_tensors
+        x, w, _tok, xq, xs = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad[:3]
-        dx, dw, db = _C.linear_backward(_c(g), x, w, bool(nx), bool(nw),
-                                        bool(nb and ctx.has_bias), backend=ctx.backend)
+        if ctx.policy == _FP32:
+            dx, dw, db = _C.linear_backward(_c(g), x, w, bool(nx), bool(nw),
+                                            bool(nb and ctx.has_bias), backend=ctx.backend)
+            return dx, dw, db
+        _, pdx, pdw = ctx.policy
+        dx, dw, db = _C.linear_backward_lowp(
+            _c(g), x, w, bool(nx), bool(nw), bool(nb and ctx.has_bias), precision_dx=pdx,
+            precision_dw=pdw, seed=_sr_seed(pdx, pdw), offset=0, backend=ctx.backend,
+            x_q=xq, x_scale=xs)
+        _warn_fallbacks()
         return dx, dw, db
 
 

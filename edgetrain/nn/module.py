@@ -37,7 +37,11 @@ class Module:
                                   'required "forward" function')
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        policy = self.__dict__.get("_precision")   # set by set_precision()
+        if policy is None:
+            return self.forward(*args, **kwargs)
+        from ..precision import call_with
+        return call_with(policy, self.forward, *args, **kwargs)
 
     # -- registration -------------------------------------------------------
     def __setattr__(self, name, value):
@@ -229,6 +233,14 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    def set_precision(self, policy):
+        """Runs this module's and all its submodules' conv2d / linear products at
+        `policy` (see edgetrain.precision: "fp32" | "bf16" | "fp16" | "int8" |
+        "int8-mixed" | {"forward", "backward_data", "backward_weight"}), whatever
+        the process-wide / context policy; None clears it back to those. Returns self."""
+        from ..precision import set_module_precision
+        return set_module_precision(self, policy)
 
     def requires_grad_(self, requires_grad=True):
         for p in self.parameters():
