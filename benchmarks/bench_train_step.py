@@ -1,11 +1,15 @@
-"""Training-step time: edgetrain (each backend, fp32) vs PyTorch eager fp32.
+"""Training-step time: edgetrain (each backend x precision) vs PyTorch eager fp32.
 
 Same machine, same run, same thread count, same initial weights and batch;
 warm-up steps are excluded; each figure is the median of --steps measured
-steps. Results go to benchmarks/results/train_step_fp32.{json,md} (written
-atomically) with the machine's description.
+steps. Reported: the speed-up against PyTorch fp32 and, for a low precision,
+against edgetrain fp32 on the same backend (issue 3: the int8 step must beat
+the fp32 step of its backend). Results go to
+benchmarks/results/train_step.{json,md} (written atomically) with the
+machine's description.
 
     .venv/bin/python benchmarks/bench_train_step.py [--steps 15] [--threads N]
+        [--models lenet,resnet18_small] [--precisions fp32,int8] [--backends onednn,blas]
 """
 import argparse
 import json
@@ -24,9 +28,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 import edgetrain as et  # noqa: E402
 
 CASES = [
-    # (name, builder kwargs, input shape without batch, batch)
+    # (name, builder kwargs, input shape without batch, batch): issue 3's sizes
     ("lenet", dict(), (1, 28, 28), 128),
-    ("resnet18_small", dict(small_input=True, num_classes=10), (3, 32, 32), 32),
+    ("resnet18_small", dict(small_input=True, num_classes=10), (3, 32, 32), 128),
 ]
 
 
@@ -89,7 +93,17 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--backends", default=",".join(b for b in et.backends() if b != "ref"))
+    ap.add_argument("--precisions", default="fp32,int8",
+                    help="comma-separated edgetrain policies (fp32, bf16, fp16, int8, int8-mixed)")
+    ap.add_argument("--models", default=",".join(c[0] for c in CASES))
     args = ap.parse_args()
+    precisions = args.precisions.split(",")
+    for p in precisions:
+        et.precision(p)  # validates the name (ValueError naming it)
+    models = args.models.split(",")
+    unknown = sorted(set(models) - {c[0] for c in CASES})
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}: expected some of {[c[0] for c in CASES]}")
 
     import torch
     torch.set_num_threads(args.threads)
@@ -97,6 +111,8 @@ def main():
 
     rows = []
     for name, kw, shape, batch in CASES:
+        if name not in models:
+            continue
         rng = np.random.default_rng(0)
         x = rng.standard_normal((batch,) + shape).astype(np.float32)
         y = rng.integers(0, 10, batch).astype(np.int64)
@@ -114,46 +130,58 @@ def main():
 
         t_torch, _ = time_steps(torch_step, args.warmup, args.steps)
         rows.append(dict(model=name, batch=batch, framework="pytorch", backend="-",
-                         median_s=t_torch, ratio=1.0))
-        print(f"{name:16s} b{batch:<4d} pytorch          {t_torch * 1e3:9.1f} ms", flush=True)
+                         precision="fp32", median_s=t_torch, ratio=1.0, vs_fp32=None))
+        print(f"{name:16s} b{batch:<4d} pytorch fp32           {t_torch * 1e3:9.1f} ms", flush=True)
 
         for b in args.backends.split(","):
-            model = et_model(name, kw)
-            model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
-            model.train()
-            opt = et.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-            ex, ey = et.from_numpy(x), et.tensor(y, dtype="int64")
+            fp32_time = None
+            for prec in precisions:
+                model = et_model(name, kw)
+                model.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
+                model.train()
+                opt = et.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+                ex, ey = et.from_numpy(x), et.tensor(y, dtype="int64")
 
-            def et_step():
-                opt.zero_grad()
-                loss = et.nn.functional.cross_entropy(model(ex), ey)
-                loss.backward()
-                opt.step()
+                def et_step():
+                    opt.zero_grad()
+                    loss = et.nn.functional.cross_entropy(model(ex), ey)
+                    loss.backward()
+                    opt.step()
 
-            with et.backend(b):
-                t_et, _ = time_steps(et_step, args.warmup, args.steps)
-            rows.append(dict(model=name, batch=batch, framework="edgetrain", backend=b,
-                             median_s=t_et, ratio=t_torch / t_et))
-            print(f"{name:16s} b{batch:<4d} edgetrain/{b:7s}{t_et * 1e3:9.1f} ms  "
-                  f"speed-up vs pytorch {t_torch / t_et:5.2f}x", flush=True)
+                with et.backend(b), et.precision(prec):
+                    t_et, _ = time_steps(et_step, args.warmup, args.steps)
+                if prec == "fp32":
+                    fp32_time = t_et
+                vs = fp32_time / t_et if fp32_time and prec != "fp32" else None
+                rows.append(dict(model=name, batch=batch, framework="edgetrain", backend=b,
+                                 precision=prec, median_s=t_et, ratio=t_torch / t_et, vs_fp32=vs))
+                extra = f"  vs edgetrain fp32 {vs:5.2f}x" if vs else ""
+                print(f"{name:16s} b{batch:<4d} edgetrain/{b:7s}{prec:11s}{t_et * 1e3:9.1f} ms  "
+                      f"speed-up vs pytorch {t_torch / t_et:5.2f}x{extra}", flush=True)
 
     info = dict(machine=machine(), threads=args.threads, steps=args.steps,
-                warmup=args.warmup, torch=torch.__version__, precision="fp32", rows=rows)
+                warmup=args.warmup, torch=torch.__version__,
+                int8_reduce_range=et.int8_reduce_range(), rows=rows)
     out = os.path.join(HERE, "results")
     os.makedirs(out, exist_ok=True)
-    atomic_write(os.path.join(out, "train_step_fp32.json"), json.dumps(info, indent=2) + "\n")
-    lines = [f"# Training step, fp32: edgetrain vs PyTorch {torch.__version__}", "",
+    atomic_write(os.path.join(out, "train_step.json"), json.dumps(info, indent=2) + "\n")
+    lines = [f"# Training step: edgetrain vs PyTorch {torch.__version__} (eager fp32)", "",
              f"Machine: {info['machine']['cpu']} ({' '.join(info['machine']['isa'])}), "
              f"{info['machine']['cores']} cores; "
              f"threads {args.threads}; median of {args.steps} steps after {args.warmup} "
-             f"warm-up steps; SGD momentum, cross-entropy, random data.", "",
-             "| model | batch | framework | backend | median step (ms) | speed-up vs PyTorch |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"warm-up steps; SGD momentum, cross-entropy, random data; int8 with "
+             f"{'7-bit activations/gradients (reduce_range)' if info['int8_reduce_range'] else 'full 8-bit ranges'}.",
+             "", "Command: `.venv/bin/python benchmarks/bench_train_step.py " + " ".join(sys.argv[1:]) + "`",
+             "",
+             "| model | batch | framework | backend | precision | median step (ms) | speed-up vs PyTorch fp32 "
+             "| speed-up vs edgetrain fp32 (same backend) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
+        vs = f"{r['vs_fp32']:.2f}x" if r["vs_fp32"] else "-"
         lines.append(f"| {r['model']} | {r['batch']} | {r['framework']} | {r['backend']} | "
-                     f"{r['median_s'] * 1e3:.1f} | {r['ratio']:.2f}x |")
-    atomic_write(os.path.join(out, "train_step_fp32.md"), "\n".join(lines) + "\n")
-    print("wrote benchmarks/results/train_step_fp32.{json,md}")
+                     f"{r['precision']} | {r['median_s'] * 1e3:.1f} | {r['ratio']:.2f}x | {vs} |")
+    atomic_write(os.path.join(out, "train_step.md"), "\n".join(lines) + "\n")
+    print("wrote benchmarks/results/train_step.{json,md}")
 
 
 if __name__ == "__main__":

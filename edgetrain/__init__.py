@@ -12,7 +12,8 @@ from .errors import (BackendError, DtypeError, EdgetrainError, ShapeError, State
 from .random import manual_seed, seed, initial_seed, default_generator
 from .backend import (backends, set_backend, get_backend, backend, cache_stats,
                       set_cache_capacity, clear_cache)
-from .precision import (set_precision, get_precision, precision,  # noqa: F401
+from .precision import (set_precision, get_precision, precision, set_int8_reduce_range,  # noqa: F401
+                        int8_reduce_range,
                         saved_activation_bytes)
 from .autograd import Function, no_grad, enable_grad, set_grad_enabled, is_grad_enabled
 from .tensor import (Tensor, tensor, as_tensor, from_numpy, zeros, ones, empty, full,

@@ -22,11 +22,20 @@ state stay fp32 whatever the policy. A Conv2d / Linear layer uses its own
 policy (module.set_precision) if it has one, else the innermost
 `et.precision(...)` context, else the process-wide default. Saved activations
 of an int8 forward are kept quantized (1 byte per element instead of 4).
+
+int8 ranges: weights per output channel in [-127, 127]; activations and
+gradients per tensor in 7 bits by default -- u8 [0, 127] for non-negative
+activations (post-ReLU), else s8 [-63, 63] -- as fbgemm's `reduce_range` on
+CPUs without VNNI. Why: there the int8 kernels add pairs of u8 x s8 products
+into a saturating int16, so full-range operands need two kernel runs to stay
+exact; with 7 bits every forward, backward-data and backward-weight product
+runs once, exactly (2 * 127 * 127 <= 32767). `et.set_int8_reduce_range(False)`
+selects full 8-bit activations and gradients (still exact, slower here).
 """
 import contextlib
 
 __all__ = ["set_precision", "get_precision", "precision", "saved_activation_bytes",
-           "resolve_policy"]
+           "resolve_policy", "set_int8_reduce_range", "int8_reduce_range"]
 
 PASSES = ("forward", "backward_data", "backward_weight")
 _NAMES = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16",
@@ -130,6 +139,19 @@ class precision(contextlib.ContextDecorator):
     @staticmethod
     def saved_bytes():
         return saved_activation_bytes()
+
+
+def set_int8_reduce_range(on=True):
+    """7-bit (True, the default) or 8-bit (False) int8 activations and
+    gradients for the int8 passes, process-wide (see the module docstring)."""
+    from . import _C
+    _C.set_int8_reduce_range(bool(on))
+
+
+def int8_reduce_range():
+    """True when int8 activations / gradients use 7 bits (the default)."""
+    from . import _C
+    return _C.int8_reduce_range()
 
 
 # ---------------------------------------------------------------------------

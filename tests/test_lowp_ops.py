@@ -46,6 +46,22 @@ CONV_CONFIGS = [
 LINEAR_SHAPES = [(1, 7, 3), (8, 64, 10), (33, 50, 17), (128, 256, 64)]
 
 
+def _qmax(nonneg):
+    """The qmax the int8 ops use now for an activation (u8 when nonneg) or a
+    gradient (quantize.h: 7 bits under reduce_range, the default)."""
+    if _C.int8_reduce_range():
+        return 127 if nonneg else 63
+    return 255 if nonneg else 127
+
+
+@pytest.fixture(params=[True, False], ids=["reduce_range", "full_range"])
+def reduce_range(request):
+    prev = _C.int8_reduce_range()
+    _C.set_int8_reduce_range(request.param)
+    yield request.param
+    _C.set_int8_reduce_range(prev)
+
+
 def _cfg_id(c):
     return f"N{c['N']}C{c['C']}{c['H']}x{c['W']}OC{c['OC']}K{c['K'][0]}{c['K'][1]}s{c['s'][0]}{c['s'][1]}" \
            f"p{c['p'][0]}{c['p'][1]}d{c['d'][0]}{c['d'][1]}G{c['G']}"
@@ -131,7 +147,7 @@ def _i64(t):
 
 
 @pytest.mark.parametrize("x_nonneg", [False, True])
-def test_conv2d_int8_exact_and_backends_agree(x_nonneg):
+def test_conv2d_int8_exact_and_backends_agree(x_nonneg, reduce_range):
     """y / dx / dw of int8 = the int64 reference of the quantized operands,
     dequantized by the documented epilogue (bit for bit on ref); every backend
     agrees with ref within 1e-6 relative."""
@@ -142,7 +158,7 @@ def test_conv2d_int8_exact_and_backends_agree(x_nonneg):
         s, p, d, G = c["s"], c["p"], c["d"], c["G"]
         seed, offset = 11, 40 + i
         # forward: x per tensor (u8 / s8), w per output channel
-        xq, sx = _C.quantize_per_tensor(x, "uint8" if x_nonneg else "int8")
+        xq, sx = _C.quantize_per_tensor(x, "uint8" if x_nonneg else "int8", qmax=_qmax(x_nonneg))
         wq, sw = _C.quantize_per_channel(w)
         xq64, wq64 = torch.tensor(xq.astype(np.float64)), torch.tensor(wq.astype(np.float64))
         acc = _i64(F.conv2d(xq64, wq64, None, s, p, d, G))
@@ -150,7 +166,7 @@ def test_conv2d_int8_exact_and_backends_agree(x_nonneg):
         y_ref = _C.dequantize_accumulator(acc.astype(np.int32), sx, sw, b, layout="nchw")
         dy = np.random.default_rng(600 + i).standard_normal(y_ref.shape).astype(np.float32)
         # backward: dy stochastic s8; w flipped/transposed, per channel of x's C
-        dyq, sdy = _C.quantize_stochastic(dy, seed, offset)
+        dyq, sdy = _C.quantize_stochastic(dy, seed, offset, qmax=_qmax(False))
         OC, Cg = w.shape[:2]
         wt = w.reshape(G, OC // G, Cg, *c["K"]).transpose(0, 2, 1, 3, 4).reshape(c["C"], OC // G, *c["K"])
         wtq, swt = _C.quantize_per_channel(np.ascontiguousarray(wt))
@@ -173,18 +189,18 @@ def test_conv2d_int8_exact_and_backends_agree(x_nonneg):
                     assert np.array_equal(got, ref), f"ref {_cfg_id(c)} {name} not bit-exact"
 
 
-def test_linear_int8_exact_and_backends_agree():
+def test_linear_int8_exact_and_backends_agree(reduce_range):
     for i, (M, K, N) in enumerate(LINEAR_SHAPES):
         rng = np.random.default_rng(700 + i)
         x = np.maximum(rng.standard_normal((M, K)), 0).astype(np.float32)
         w = rng.standard_normal((N, K)).astype(np.float32)
         b = rng.standard_normal(N).astype(np.float32)
         dy = rng.standard_normal((M, N)).astype(np.float32)
-        xq, sx = _C.quantize_per_tensor(x, "uint8")
+        xq, sx = _C.quantize_per_tensor(x, "uint8", qmax=_qmax(True))
         wq, sw = _C.quantize_per_channel(w)
         y_ref = _C.dequantize_accumulator((xq.astype(np.int64) @ wq.astype(np.int64).T).astype(np.int32),
                                           sx, sw, b, layout="mn")
-        dyq, sdy = _C.quantize_stochastic(dy, 5, i)
+        dyq, sdy = _C.quantize_stochastic(dy, 5, i, qmax=_qmax(False))
         wtq, swt = _C.quantize_per_channel(np.ascontiguousarray(w.T))
         dx_ref = _C.dequantize_accumulator((dyq.astype(np.int64) @ wtq.astype(np.int64).T).astype(np.int32),
                                            sdy, swt, None, layout="mn")
@@ -239,7 +255,7 @@ def test_conv2d_backward_from_saved_xq(x_nonneg):
     y, xq, sx = _C.conv2d_forward_lowp(x, w, b, c["s"], c["p"], c["d"], c["G"], "int8", "ref",
                                        x_nonneg=x_nonneg, return_xq=True)
     assert xq.dtype == (np.uint8 if x_nonneg else np.int8) and xq.shape == x.shape
-    q2, s2 = _C.quantize_per_tensor(x, "uint8" if x_nonneg else "int8")
+    q2, s2 = _C.quantize_per_tensor(x, "uint8" if x_nonneg else "int8", qmax=_qmax(x_nonneg))
     assert np.array_equal(xq, q2) and sx == s2
     assert np.array_equal(y, _C.conv2d_forward_lowp(x, w, b, c["s"], c["p"], c["d"], c["G"], "int8",
                                                     "ref", x_nonneg=x_nonneg))

@@ -102,17 +102,44 @@ def test_int8_matmul_extremes():
             assert (y == 333 * av * -128).all(), (backend, adt)
 
 
+def signed_7bit(rng, shape, lo=-64):
+    return rng.integers(lo, 64, shape).astype(np.int8)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("adt", [np.uint8, np.int8])
+@pytest.mark.parametrize("adt", [np.uint8, np.int8, "u8-7bit", "s8-7bit", "s8-nonneg"])
 def test_int8_conv_exact(backend, adt):
+    """Full ranges (onednn: nibble-split weights), 7-bit sources (onednn: one
+    run), signed sources (onednn: shifted to u8, padding materialized with the
+    shift, compensated) and s8 sources that happen to be >= 0 (no shift)."""
     rng = np.random.default_rng(5)
     for (N, C, H, W, OC, KH, KW, s, pl, ph, d, G) in CONV_CASES:
-        x = int_operands(rng, (N, C, H, W), adt)
+        shape = (N, C, H, W)
+        if adt == "u8-7bit":
+            x = int_operands(rng, shape, np.uint8, reduced=True)
+        elif adt == "s8-7bit":
+            x = signed_7bit(rng, shape)
+        elif adt == "s8-nonneg":
+            x = signed_7bit(rng, shape, lo=0)
+        else:
+            x = int_operands(rng, shape, adt)
         w = int_operands(rng, (OC, C // G, KH, KW), np.int8)
         y = _C.conv2d_primitive_lowp(x, w, None, s, pl, ph, d, G, "int8", backend)
         ref = conv_ref(x, w, s, pl, ph, d, G, np.int64)
         assert y.dtype == np.int32 and y.shape == ref.shape
         assert np.array_equal(y.astype(np.int64), ref), (backend, adt, N, C, H, W, OC, KH, KW, G)
+
+
+def test_int8_conv_extremes():
+    """Corner operands (255 . -128, -128 . -128) with padding: the largest
+    pair sums, and a shifted source whose padding must hold the shift."""
+    for backend in BACKENDS:
+        for adt, av in [(np.uint8, 255), (np.int8, -128), (np.int8, 127)]:
+            x = np.full((2, 37, 5, 6), av, adt)
+            w = np.full((3, 37, 3, 3), -128, np.int8)
+            y = _C.conv2d_primitive_lowp(x, w, None, (1, 1), (1, 1), (1, 1), (1, 1), 1, "int8", backend)
+            ref = conv_ref(x, w, (1, 1), (1, 1), (1, 1), (1, 1), 1, np.int64)
+            assert np.array_equal(y.astype(np.int64), ref), (backend, adt, av)
 
 
 def _float_operands(rng, shape, prec):
@@ -211,19 +238,19 @@ def test_onednn_runs_every_combination_itself():
     rng = np.random.default_rng(1)
     for dt in ["int8", "uint8", "bfloat16", "float16", "float32"]:
         assert _C.backend_supports("onednn", "matmul", dt)
-    for dt in ["bfloat16", "float16", "float32"]:
+    for dt in ["int8", "uint8", "bfloat16", "float16", "float32"]:
         assert _C.backend_supports("onednn", "conv2d", dt)
-    # int8 conv: oneDNN 2.6 only has ref_int8 for plain nchw layouts (onednn.c)
-    assert not _C.backend_supports("onednn", "conv2d", "int8")
     a = int_operands(rng, (4, 9), np.int8)
     _C.matmul_lowp(a, a.T.copy(), backend="onednn")
+    x = int_operands(rng, (2, 3, 6, 6), np.uint8)
+    w = int_operands(rng, (4, 3, 3, 3), np.int8)
+    _C.conv2d_primitive_lowp(x, w, None, 1, 1, 1, 1, 1, "int8", "onednn")
     assert _C.fallback_stats() == {}
 
 
 @pytest.mark.skipif("onednn" not in BACKENDS, reason="onednn backend not built here")
 def test_onednn_cache_keys_separate_dtypes():
-    """int8 and f32 matmuls of one shape are two cache entries (int8 convs
-    run on ref for now, see test_onednn_runs_every_combination_itself)."""
+    """int8 and f32 matmuls of one shape are two cache entries."""
     rng = np.random.default_rng(2)
     _C.clear_cache()
     a8 = int_operands(rng, (6, 10), np.uint8)
@@ -312,7 +339,6 @@ def test_print_onednn_int8_vs_fp32_speed():
     cf = _bench(lambda: _C.conv2d_primitive(xf, wf, None, 1, 1, 1, 1, 1, "onednn"), 1)
     c8 = _bench(lambda: _C.conv2d_primitive_lowp(x8, w8, None, 1, 1, 1, 1, 1, "int8", "onednn"), 1)
     c7 = _bench(lambda: _C.conv2d_primitive_lowp(x7, w8, None, 1, 1, 1, 1, 1, "int8", "onednn"), 1)
-    print(f"onednn conv N=32 C=64 56x56 3x3 -> 64: fp32 {cf * 1e3:.1f} ms, int8 (runs on ref: "
-          f"fallback) full-range {c8 * 1e3:.1f} ms (x{cf / c8:.2f}), 7-bit {c7 * 1e3:.1f} ms "
-          f"(x{cf / c7:.2f})")
+    print(f"onednn conv N=32 C=64 56x56 3x3 -> 64: fp32 {cf * 1e3:.1f} ms, int8 full-range "
+          f"{c8 * 1e3:.1f} ms (x{cf / c8:.2f}), 7-bit {c7 * 1e3:.1f} ms (x{cf / c7:.2f})")
     _C.reset_fallback_stats()

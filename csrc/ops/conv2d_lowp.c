@@ -88,8 +88,9 @@ et_status et_lowp_check_xq(const char *op, const et_tensor *xq, float scale, con
 
 et_status et_lowp_quantize_x(const float *x, int64_t n, int nonneg, void *q, float *scale)
 {
-    return nonneg ? et_quantize_per_tensor_u8(x, n, q, scale)
-                  : et_quantize_per_tensor_s8(x, n, q, scale);
+    /* 7-bit by default (quantize.h: reduce range) */
+    return nonneg ? et_quantize_per_tensor_u8_qmax(x, n, et_quant_act_qmax(1), q, scale)
+                  : et_quantize_per_tensor_s8_qmax(x, n, et_quant_act_qmax(0), q, scale);
 }
 
 #define LP_ALLOC(ptr, bytes, what)                                                        \
@@ -277,7 +278,8 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
 
     if ((dx && o->prec_dx == ET_PREC_INT8) || (dw && o->prec_dw == ET_PREC_INT8)) {
         LP_ALLOC(dyq, ndy, "the quantized grad_output");
-        LP_TRY(et_quantize_stochastic_s8(dy->data, ndy, o->seed, o->offset, dyq, &sdy));
+        LP_TRY(et_quantize_stochastic_s8_qmax(dy->data, ndy, et_quant_act_qmax(0), o->seed,
+                                              o->offset, dyq, &sdy));
     }
 
     /* dx = conv(dilate_s(dy) padded, flip(w) transposed), stride 1, dilation d */

@@ -147,7 +147,8 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
     int64_t mb = M, nch = 0;
     if ((dx && o->prec_dx == ET_PREC_INT8) || (dw && o->prec_dw == ET_PREC_INT8)) {
         LP_ALLOC(dyq, M * N, "the quantized grad_output");
-        LP_TRY(et_quantize_stochastic_s8(dy->data, M * N, o->seed, o->offset, dyq, &sdy));
+        LP_TRY(et_quantize_stochastic_s8_qmax(dy->data, M * N, et_quant_act_qmax(0), o->seed,
+                                              o->offset, dyq, &sdy));
     }
     if (dx) {
         const et_prec pr = o->prec_dx;

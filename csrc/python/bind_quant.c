@@ -38,20 +38,25 @@ static int64_t dims_product(const et_tensor *t, int from)
 static PyObject *py_quantize_per_tensor(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwlist[] = {"x", "dtype", "scale", NULL};
+    static char *kwlist[] = {"x", "dtype", "scale", "qmax", NULL};
     const char *op = "quantize_per_tensor";
     PyObject *x_obj, *scale_obj = Py_None, *q = NULL;
     const char *dtname = "int8";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|sO:quantize_per_tensor", kwlist,
-                                     &x_obj, &dtname, &scale_obj))
+    int qmax = 0;   /* 0: the dtype's full range */
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|sOi:quantize_per_tensor", kwlist,
+                                     &x_obj, &dtname, &scale_obj, &qmax))
         return NULL;
     et_dtype dt;
     if (strcmp(dtname, "int8") == 0 || strcmp(dtname, "s8") == 0) dt = ET_S8;
     else if (strcmp(dtname, "uint8") == 0 || strcmp(dtname, "u8") == 0) dt = ET_U8;
     else return PyErr_Format(et_py_ValueError, "%s: dtype must be \"int8\" or \"uint8\", got \"%s\"",
                              op, dtname);
+    if (qmax == 0) qmax = dt == ET_S8 ? ET_QUANT_S8_QMAX : ET_QUANT_U8_QMAX;
     float given = 0.0f;
     int have_scale = scale_obj != Py_None;
+    if (have_scale && qmax != (dt == ET_S8 ? ET_QUANT_S8_QMAX : ET_QUANT_U8_QMAX))
+        return PyErr_Format(et_py_ValueError, "%s: qmax applies to a dynamic scale; pass scale "
+                            "or qmax, not both", op);
     if (have_scale && float_arg(scale_obj, op, "scale", &given) < 0) return NULL;
     et_tensor x, qv;
     if (et_py_tensor_arg(x_obj, op, "x", -1, ET_F32, &x) < 0) return NULL;
@@ -63,10 +68,10 @@ static PyObject *py_quantize_per_tensor(PyObject *self, PyObject *args, PyObject
     Py_BEGIN_ALLOW_THREADS
     if (dt == ET_S8)
         st = have_scale ? et_quantize_s8(x.data, n, given, qv.data)
-                        : et_quantize_per_tensor_s8(x.data, n, qv.data, &scale);
+                        : et_quantize_per_tensor_s8_qmax(x.data, n, qmax, qv.data, &scale);
     else
         st = have_scale ? et_quantize_u8(x.data, n, given, qv.data)
-                        : et_quantize_per_tensor_u8(x.data, n, qv.data, &scale);
+                        : et_quantize_per_tensor_u8_qmax(x.data, n, qmax, qv.data, &scale);
     Py_END_ALLOW_THREADS
     ET_PY_CHECK(st);
     return Py_BuildValue("(Nd)", q, (double)scale);
@@ -120,11 +125,12 @@ static int u64_arg(PyObject *obj, const char *op, const char *arg, uint64_t *out
 static PyObject *py_quantize_stochastic(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwlist[] = {"x", "seed", "offset", NULL};
+    static char *kwlist[] = {"x", "seed", "offset", "qmax", NULL};
     const char *op = "quantize_stochastic";
     PyObject *x_obj, *seed_obj, *offset_obj = NULL, *q = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O:quantize_stochastic", kwlist,
-                                     &x_obj, &seed_obj, &offset_obj))
+    int qmax = ET_QUANT_S8_QMAX;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Oi:quantize_stochastic", kwlist,
+                                     &x_obj, &seed_obj, &offset_obj, &qmax))
         return NULL;
     uint64_t seed, offset = 0;
     if (u64_arg(seed_obj, op, "seed", &seed) < 0) return NULL;
@@ -137,7 +143,7 @@ static PyObject *py_quantize_stochastic(PyObject *self, PyObject *args, PyObject
     float scale = 1.0f;
     et_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = et_quantize_stochastic_s8(x.data, n, seed, offset, qv.data, &scale);
+    st = et_quantize_stochastic_s8_qmax(x.data, n, qmax, seed, offset, qv.data, &scale);
     Py_END_ALLOW_THREADS
     ET_PY_CHECK(st);
     return Py_BuildValue("(Nd)", q, (double)scale);
@@ -341,17 +347,38 @@ static PyObject *py_have_f16c(PyObject *self, PyObject *noargs)
     return PyBool_FromLong(et_convert_have_f16c());
 }
 
+static PyObject *py_set_int8_reduce_range(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+    et_quant_set_reduce_range(on);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_int8_reduce_range(PyObject *self, PyObject *noargs)
+{
+    (void)self; (void)noargs;
+    return PyBool_FromLong(et_quant_reduce_range());
+}
+
 #define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
 
 static PyMethodDef quant_methods[] = {
     {"quantize_per_tensor", KW(py_quantize_per_tensor),
-     "quantize_per_tensor(x, dtype='int8'|'uint8', scale=None) -> (q, scale): symmetric "
-     "dynamic scale max|x|/127 (int8) or max(x)/255 (uint8), round half to even, saturate"},
+     "quantize_per_tensor(x, dtype='int8'|'uint8', scale=None, qmax=0) -> (q, scale): symmetric "
+     "dynamic scale max|x|/qmax (qmax 0: 127 for int8, 255 for uint8), round half to even, "
+     "saturate"},
     {"quantize_per_channel", KW(py_quantize_per_channel),
      "quantize_per_channel(w) -> (q int8, scales float32 (OC,)): one scale per index of dim 0"},
     {"quantize_stochastic", KW(py_quantize_stochastic),
-     "quantize_stochastic(x, seed, offset=0) -> (q int8, scale): per-tensor int8 with "
-     "stochastic rounding, reproducible for (seed, offset)"},
+     "quantize_stochastic(x, seed, offset=0, qmax=127) -> (q int8, scale): per-tensor int8 "
+     "with stochastic rounding, reproducible for (seed, offset)"},
+    {"set_int8_reduce_range", py_set_int8_reduce_range, METH_O,
+     "set_int8_reduce_range(on): int8 activations / gradients of the low-precision ops use "
+     "7 bits (u8 <= 127, s8 in [-63, 63]) when on (the default), 8 bits when off"},
+    {"int8_reduce_range", py_int8_reduce_range, METH_NOARGS,
+     "int8_reduce_range() -> bool: see set_int8_reduce_range"},
     {"dequantize", KW(py_dequantize),
      "dequantize(q, scale) -> float32: q int8/uint8/int32, scale float or float32 (q.shape[0],)"},
     {"dequantize_accumulator", KW(py_dequantize_accumulator),

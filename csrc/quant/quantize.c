@@ -95,7 +95,7 @@ et_status et_quant_max_nonneg(const char *op, const float *x, int64_t n, float *
 }
 
 /* The loops that apply a (valid) scale; x is known finite. */
-static void apply_s8(const float *x, int64_t n, float inv, int8_t *q)
+static void apply_s8(const float *x, int64_t n, float inv, float qmax, int8_t *q)
 {
     int64_t nblocks = (n + ET_QUANT_BLOCK - 1) / ET_QUANT_BLOCK;
     #pragma omp parallel for schedule(static) if(n > ET_QUANT_PAR_MIN)
@@ -104,13 +104,13 @@ static void apply_s8(const float *x, int64_t n, float inv, int8_t *q)
         int64_t hi = lo + ET_QUANT_BLOCK < n ? lo + ET_QUANT_BLOCK : n;
         #pragma omp simd
         for (int64_t i = lo; i < hi; i++) {
-            float v = clampf(x[i] * inv, -127.0f, 127.0f);
+            float v = clampf(x[i] * inv, -qmax, qmax);
             q[i] = (int8_t)(int32_t)round_half_even(v);
         }
     }
 }
 
-static void apply_u8(const float *x, int64_t n, float inv, uint8_t *q)
+static void apply_u8(const float *x, int64_t n, float inv, float qmax, uint8_t *q)
 {
     int64_t nblocks = (n + ET_QUANT_BLOCK - 1) / ET_QUANT_BLOCK;
     #pragma omp parallel for schedule(static) if(n > ET_QUANT_PAR_MIN)
@@ -119,7 +119,7 @@ static void apply_u8(const float *x, int64_t n, float inv, uint8_t *q)
         int64_t hi = lo + ET_QUANT_BLOCK < n ? lo + ET_QUANT_BLOCK : n;
         #pragma omp simd
         for (int64_t i = lo; i < hi; i++) {
-            float v = clampf(x[i] * inv, 0.0f, 255.0f);
+            float v = clampf(x[i] * inv, 0.0f, qmax);
             q[i] = (uint8_t)(int32_t)round_half_even(v);
         }
     }
@@ -139,7 +139,7 @@ et_status et_quantize_s8(const float *x, int64_t n, float scale, int8_t *q)
     ET_TRY(check_buf(op, x, q, n));
     ET_TRY(check_scale(op, scale));
     ET_TRY(et_quant_check_finite(op, x, n));
-    apply_s8(x, n, 1.0f / scale, q);
+    apply_s8(x, n, 1.0f / scale, ET_QUANT_S8_QMAX, q);
     return ET_OK;
 }
 
@@ -149,34 +149,66 @@ et_status et_quantize_u8(const float *x, int64_t n, float scale, uint8_t *q)
     ET_TRY(check_buf(op, x, q, n));
     ET_TRY(check_scale(op, scale));
     ET_TRY(et_quant_check_finite(op, x, n));
-    apply_u8(x, n, 1.0f / scale, q);
+    apply_u8(x, n, 1.0f / scale, ET_QUANT_U8_QMAX, q);
+    return ET_OK;
+}
+
+static et_status check_qmax(const char *op, int qmax, int top)
+{
+    if (qmax < 1 || qmax > top)
+        return et_error(ET_ERR_VALUE, "%s: qmax must be in [1, %d], got %d", op, top, qmax);
+    return ET_OK;
+}
+
+et_status et_quantize_per_tensor_s8_qmax(const float *x, int64_t n, int qmax, int8_t *q,
+                                         float *scale)
+{
+    const char *op = "quantize_per_tensor";
+    ET_TRY(check_buf(op, x, q, n));
+    ET_TRY(check_qmax(op, qmax, ET_QUANT_S8_QMAX));
+    if (!scale) return et_error(ET_ERR_VALUE, "%s: NULL scale", op);
+    float m;
+    ET_TRY(et_quant_absmax(op, x, n, &m));
+    float s = et_quant_scale_from_max(m, qmax);
+    apply_s8(x, n, 1.0f / s, (float)qmax, q);
+    *scale = s;
+    return ET_OK;
+}
+
+et_status et_quantize_per_tensor_u8_qmax(const float *x, int64_t n, int qmax, uint8_t *q,
+                                         float *scale)
+{
+    const char *op = "quantize_per_tensor";
+    ET_TRY(check_buf(op, x, q, n));
+    ET_TRY(check_qmax(op, qmax, ET_QUANT_U8_QMAX));
+    if (!scale) return et_error(ET_ERR_VALUE, "%s: NULL scale", op);
+    float m;
+    ET_TRY(et_quant_max_nonneg(op, x, n, &m));
+    float s = et_quant_scale_from_max(m, qmax);
+    apply_u8(x, n, 1.0f / s, (float)qmax, q);
+    *scale = s;
     return ET_OK;
 }
 
 et_status et_quantize_per_tensor_s8(const float *x, int64_t n, int8_t *q, float *scale)
 {
-    const char *op = "quantize_per_tensor";
-    ET_TRY(check_buf(op, x, q, n));
-    if (!scale) return et_error(ET_ERR_VALUE, "%s: NULL scale", op);
-    float m;
-    ET_TRY(et_quant_absmax(op, x, n, &m));
-    float s = et_quant_scale_from_max(m, ET_QUANT_S8_QMAX);
-    apply_s8(x, n, 1.0f / s, q);
-    *scale = s;
-    return ET_OK;
+    return et_quantize_per_tensor_s8_qmax(x, n, ET_QUANT_S8_QMAX, q, scale);
 }
 
 et_status et_quantize_per_tensor_u8(const float *x, int64_t n, uint8_t *q, float *scale)
 {
-    const char *op = "quantize_per_tensor";
-    ET_TRY(check_buf(op, x, q, n));
-    if (!scale) return et_error(ET_ERR_VALUE, "%s: NULL scale", op);
-    float m;
-    ET_TRY(et_quant_max_nonneg(op, x, n, &m));
-    float s = et_quant_scale_from_max(m, ET_QUANT_U8_QMAX);
-    apply_u8(x, n, 1.0f / s, q);
-    *scale = s;
-    return ET_OK;
+    return et_quantize_per_tensor_u8_qmax(x, n, ET_QUANT_U8_QMAX, q, scale);
+}
+
+/* 7-bit activations and gradients by default: see quantize.h. */
+static _Atomic int reduce_range = 1;
+
+void et_quant_set_reduce_range(int on) { reduce_range = on != 0; }
+int et_quant_reduce_range(void) { return reduce_range; }
+int et_quant_act_qmax(int nonneg)
+{
+    return nonneg ? (reduce_range ? ET_QUANT_U8_QMAX_REDUCED : ET_QUANT_U8_QMAX)
+                  : (reduce_range ? ET_QUANT_S8_QMAX_REDUCED : ET_QUANT_S8_QMAX);
 }
 
 et_status et_quantize_per_channel_s8(const float *w, int64_t oc, int64_t k,
@@ -221,12 +253,19 @@ et_status et_quantize_per_channel_s8(const float *w, int64_t oc, int64_t k,
 et_status et_quantize_stochastic_s8(const float *x, int64_t n, uint64_t seed,
                                     uint64_t offset, int8_t *q, float *scale)
 {
+    return et_quantize_stochastic_s8_qmax(x, n, ET_QUANT_S8_QMAX, seed, offset, q, scale);
+}
+
+et_status et_quantize_stochastic_s8_qmax(const float *x, int64_t n, int qmax, uint64_t seed,
+                                         uint64_t offset, int8_t *q, float *scale)
+{
     const char *op = "quantize_stochastic";
     ET_TRY(check_buf(op, x, q, n));
+    ET_TRY(check_qmax(op, qmax, ET_QUANT_S8_QMAX));
     if (!scale) return et_error(ET_ERR_VALUE, "%s: NULL scale", op);
     float m;
     ET_TRY(et_quant_absmax(op, x, n, &m));
-    float s = et_quant_scale_from_max(m, ET_QUANT_S8_QMAX);
+    float s = et_quant_scale_from_max(m, qmax);
     float inv = 1.0f / s;
     uint64_t key = et_rng_key(seed, offset);
     int64_t nblocks = (n + ET_SR_BLOCK - 1) / ET_SR_BLOCK;
@@ -243,14 +282,14 @@ et_status et_quantize_stochastic_s8(const float *x, int64_t n, uint64_t seed,
         for (int64_t i = lo; i < hi; i++) u[i - lo] = et_rng_uniform(key, (uint64_t)i);
         #pragma omp simd
         for (int64_t i = lo; i < hi; i++) {
-            float v = x[i] * inv;                 /* |v| <= 127 (+rounding) */
+            float v = x[i] * inv;                 /* |v| <= qmax (+rounding) */
             /* floor(v) through truncation (exact: |v| is small), written in
              * integers because gcc 12 leaves floorf in this loop scalar */
             int32_t t = (int32_t)v;
             t -= (float)t > v;
             t += u[i - lo] < v - (float)t;        /* up with probability frac */
-            t = t < -127 ? -127 : t;
-            q[i] = (int8_t)(t > 127 ? 127 : t);
+            t = t < -qmax ? -qmax : t;
+            q[i] = (int8_t)(t > qmax ? qmax : t);
         }
     }
     *scale = s;

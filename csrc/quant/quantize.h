@@ -45,6 +45,24 @@
 #define ET_QUANT_S8_QMAX 127
 #define ET_QUANT_U8_QMAX 255
 
+/* Reduced ("7-bit") range for activations and gradients, as fbgemm's
+ * reduce_range on CPUs without VNNI. Why: the int8 kernels of such CPUs
+ * (AVX2 vpmaddubsw) add PAIRS of u8 x s8 products into a saturating int16,
+ * so a product of two full-range operands needs two runs to stay exact
+ * (backends/onednn.c). With activations u8 in [0, 127] (s8 in [-63, 63])
+ * and gradients in [-63, 63], against weights in [-127, 127], every
+ * forward, backward-data and backward-weight product runs once, exactly
+ * (2 * 127 * 127 <= 32767; a signed source is shifted by at most 64).
+ * Weights keep 8 bits. On by default; et_quant_set_reduce_range(0) gives
+ * full 8-bit activations and gradients (exact everywhere, slower on AVX2). */
+#define ET_QUANT_U8_QMAX_REDUCED 127
+#define ET_QUANT_S8_QMAX_REDUCED 63
+void et_quant_set_reduce_range(int on);
+int et_quant_reduce_range(void);
+/* The qmax the low-precision ops use for an activation (u8 when nonneg)
+ * or, with nonneg == 0, for a gradient, under the current setting. */
+int et_quant_act_qmax(int nonneg);
+
 /* The scale for a tensor whose max|x| (or max(x) for u8) is m >= 0. */
 float et_quant_scale_from_max(float m, int qmax);
 
@@ -65,6 +83,13 @@ et_status et_quantize_u8(const float *x, int64_t n, float scale, uint8_t *q);
 et_status et_quantize_per_tensor_s8(const float *x, int64_t n, int8_t *q, float *scale);
 et_status et_quantize_per_tensor_u8(const float *x, int64_t n, uint8_t *q, float *scale);
 
+/* The same with an explicit qmax in [1, 127] (s8) / [1, 255] (u8): the
+ * scale is m / qmax and q is clamped to +-qmax / [0, qmax]. */
+et_status et_quantize_per_tensor_s8_qmax(const float *x, int64_t n, int qmax, int8_t *q,
+                                         float *scale);
+et_status et_quantize_per_tensor_u8_qmax(const float *x, int64_t n, int qmax, uint8_t *q,
+                                         float *scale);
+
 /* Per output channel (weights): w (oc, k) row-major -> q (oc, k) s8 and
  * scales (oc,), each row by the per-tensor s8 rule. */
 et_status et_quantize_per_channel_s8(const float *w, int64_t oc, int64_t k,
@@ -73,6 +98,9 @@ et_status et_quantize_per_channel_s8(const float *w, int64_t oc, int64_t k,
 /* Per-tensor s8 with stochastic rounding (gradients). x, q: (n,) */
 et_status et_quantize_stochastic_s8(const float *x, int64_t n, uint64_t seed,
                                     uint64_t offset, int8_t *q, float *scale);
+
+et_status et_quantize_stochastic_s8_qmax(const float *x, int64_t n, int qmax, uint64_t seed,
+                                         uint64_t offset, int8_t *q, float *scale);
 
 /* y (rows, k) = q (rows, k) * scale, with scales[0] for every row when
  * per_row == 0, scales[r] for row r otherwise. Scales must be finite. */

@@ -94,6 +94,15 @@ def _sr_seed(pdx, pdw):
     return int(default_generator().integers(0, 2 ** 64, dtype=np.uint64))
 
 
+def _nonneg(x, pol):
+    """True when x >= 0 everywhere (e.g. a post-ReLU activation) and some pass
+    quantizes it to int8: it is then quantized as u8 [0, 127], twice the levels
+    of s8 [-63, 63] (precision.py: 7-bit ranges). One pass over x (NumPy)."""
+    if "int8" not in (pol[0], pol[2]) or x.size == 0:
+        return False
+    return bool(x.min() >= 0)
+
+
 def _warn_fallbacks():
     """Surfaces the backend fallbacks (e.g. int8 conv on onednn -> ref), once each."""
     for msg in _C.fallback_warnings():
@@ -117,9 +126,10 @@ class _Conv2d(Function):
                                      dilation, groups, backend=ctx.backend)
         fwd = pol[0]
         keep_q = fwd == "int8" and _recording(ctx)
+        ctx.x_nonneg = nonneg = _nonneg(x, pol)
         out = _C.conv2d_forward_lowp(x, w, None if b is None else _c(b), stride, padding,
                                      dilation, groups, precision=fwd, backend=ctx.backend,
-                                     return_xq=keep_q)
+                                     x_nonneg=nonneg, return_xq=keep_q)
         if keep_q:
             # activations saved at forward precision: x_q (1 byte/element), not x
             y, xq, xs = out
@@ -144,7 +154,8 @@ class _Conv2d(Function):
         dx, dw, db = _C.conv2d_backward_lowp(
             _c(g), x, w, stride, padding, dilation, groups, bool(nx), bool(nw),
             bool(nb and ctx.has_bias), precision_dx=pdx, precision_dw=pdw,
-            seed=_sr_seed(pdx, pdw), offset=0, backend=ctx.backend, x_q=xq, x_scale=xs)
+            seed=_sr_seed(pdx, pdw), offset=0, backend=ctx.backend,
+            x_nonneg=ctx.x_nonneg and xq is None, x_q=xq, x_scale=xs)
         _warn_fallbacks()
         return dx, dw, db, None, None, None, None
 
@@ -223,8 +234,9 @@ class _Linear(Function):
             return _C.linear_forward(x, w, None if b is None else _c(b), backend=ctx.backend)
         fwd = pol[0]
         keep_q = fwd == "int8" and _recording(ctx)
+        ctx.x_nonneg = nonneg = _nonneg(x, pol)
         out = _C.linear_forward_lowp(x, w, None if b is None else _c(b), precision=fwd,
-                                     backend=ctx.backend, return_xq=keep_q)
+                                     backend=ctx.backend, x_nonneg=nonneg, return_xq=keep_q)
         if keep_q:
             y, xq, xs = out
             ctx.save_for_backward(None, w, _SavedToken(xq.nbytes), xq, xs)
@@ -246,7 +258,7 @@ class _Linear(Function):
         dx, dw, db = _C.linear_backward_lowp(
             _c(g), x, w, bool(nx), bool(nw), bool(nb and ctx.has_bias), precision_dx=pdx,
             precision_dw=pdw, seed=_sr_seed(pdx, pdw), offset=0, backend=ctx.backend,
-            x_q=xq, x_scale=xs)
+            x_nonneg=ctx.x_nonneg and xq is None, x_q=xq, x_scale=xs)
         _warn_fallbacks()
         return dx, dw, db
 
