@@ -22,6 +22,7 @@ from .tensor import (Tensor, tensor, as_tensor, from_numpy, zeros, ones, empty, 
                      numel, is_tensor, allclose, equal, where)
 from . import autograd, random, tensor as _tensor_module  # noqa: F401
 from . import nn, optim, models, data
+from . import amp  # noqa: F401  (et.amp.GradScaler)
 
 float32 = "float32"
 float64 = "float64"

@@ -175,9 +175,12 @@ class Pow(Function):
         ga = gb = None
         with np.errstate(divide="ignore", invalid="ignore"):
             if ctx.needs_input_grad[0]:
-                ga = _unbroadcast(g * b * np.power(a, np.subtract(b, 1)), np.shape(a))
+                # _fix_float: a Python-int exponent makes b - 1 an int64
+                # array, and float32 ** int64 is float64 in NumPy 2
+                ga = _unbroadcast(_fix_float(g * b * np.power(a, np.subtract(b, 1)), a, b, g),
+                                  np.shape(a))
             if ctx.needs_input_grad[1]:
-                gb = _unbroadcast(g * y * np.log(a), np.shape(b))
+                gb = _unbroadcast(_fix_float(g * y * np.log(a), a, b, g), np.shape(b))
         return ga, gb
 
 

@@ -66,13 +66,13 @@ def ref_uniform(seed: int, offset: int, n: int) -> np.ndarray:
     return (b >> np.uint64(40)).astype(np.float32) * np.float32(2.0 ** -24)
 
 
-def ref_stochastic(x: np.ndarray, seed: int, offset: int):
-    s = ref_scale(np.abs(x).max(initial=0), 127)
+def ref_stochastic(x: np.ndarray, seed: int, offset: int, qmax: int = 127):
+    s = ref_scale(np.abs(x).max(initial=0), qmax)
     v = x.astype(np.float32) * (np.float32(1.0) / s)
     f = np.floor(v)
     u = ref_uniform(seed, offset, x.size).reshape(x.shape)
     r = f + (u < (v - f)).astype(np.float32)
-    return np.clip(r, -127, 127).astype(np.int8), s
+    return np.clip(r, -qmax, qmax).astype(np.int8), s
 
 
 def rand(shape, seed=0, scale=1.0):
@@ -536,3 +536,52 @@ def test_conversions_shapes_and_empty():
     # bf16 keeps 8 significant bits: relative rounding error <= 2^-8
     y = C.from_bfloat16(C.to_bfloat16(x))
     assert (np.abs(y - x) <= np.abs(x) * 2.0 ** -8).all()
+
+
+# ---- reduced ("7-bit") ranges: the qmax argument ---------------------------
+
+@pytest.mark.parametrize("dtype,qmax", [("int8", 63), ("int8", 1), ("uint8", 127), ("uint8", 200)])
+def test_per_tensor_qmax_bit_exact(dtype, qmax):
+    x = rand((7, 301), seed=3, scale=5.0)
+    if dtype == "uint8":
+        x = np.abs(x)
+    q, s = C.quantize_per_tensor(x, dtype, qmax=qmax)
+    m = np.abs(x).max() if dtype == "int8" else x.max()
+    rs = ref_scale(m, qmax)
+    lo = -qmax if dtype == "int8" else 0
+    rq = ref_apply(x, rs, lo, qmax, np.int8 if dtype == "int8" else np.uint8)
+    assert np.float32(s) == rs and np.array_equal(q, rq)
+    assert np.abs(q.astype(np.int32)).max() == qmax
+
+
+@pytest.mark.parametrize("qmax", [63, 127])
+def test_stochastic_qmax_bit_exact_and_bounded(qmax):
+    x = rand((4096,), seed=4, scale=3.0)
+    x[17] = np.abs(x).max() * 1.0000001   # v slightly above qmax after rounding: clamped
+    q, s = C.quantize_stochastic(x, 99, 5, qmax=qmax)
+    rq, rs = ref_stochastic(x, 99, 5, qmax)
+    assert np.float32(s) == rs and np.array_equal(q, rq)
+    assert np.abs(q.astype(np.int32)).max() <= qmax
+
+
+def test_qmax_out_of_range_raises():
+    x = rand((10,))
+    for dtype, bad in [("int8", -1), ("int8", 128), ("uint8", 256), ("uint8", -1)]:
+        with pytest.raises(ValueError, match="qmax must be in"):
+            C.quantize_per_tensor(x, dtype, qmax=bad)
+    with pytest.raises(ValueError, match="qmax must be in"):
+        C.quantize_stochastic(x, 1, 0, qmax=128)
+    with pytest.raises(ValueError, match="scale or qmax"):
+        C.quantize_per_tensor(x, "int8", scale=0.1, qmax=63)
+
+
+def test_reduce_range_setting_round_trips():
+    import edgetrain as et
+    prev = et.int8_reduce_range()
+    try:
+        et.set_int8_reduce_range(False)
+        assert et.int8_reduce_range() is False and C.int8_reduce_range() is False
+        et.set_int8_reduce_range(True)
+        assert et.int8_reduce_range() is True
+    finally:
+        et.set_int8_reduce_range(prev)

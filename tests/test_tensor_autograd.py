@@ -265,3 +265,16 @@ def test_retain_grad_on_intermediate():
     y.retain_grad()
     (y * y).sum().backward()
     np.testing.assert_allclose(y.grad.numpy(), [6.0, 12.0])
+
+
+def test_pow_grad_stays_float32_after_a_layer():
+    """x ** 2 with a Python int exponent after a layer: NumPy 2 makes
+    float32 ** int64 a float64, which the layer's backward must not receive."""
+    lin = et.nn.Linear(4, 3)
+    x = et.ones(2, 4)
+    (lin(x) ** 2).sum().backward()
+    assert lin.weight.grad.numpy().dtype == np.float32
+    y = et.tensor([1.0, 2.0], requires_grad=True)
+    (y ** 3).sum().backward()
+    assert y.grad.numpy().dtype == np.float32
+    np.testing.assert_allclose(y.grad.numpy(), [3.0, 12.0])

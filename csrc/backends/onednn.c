@@ -469,11 +469,57 @@ done:
     return st;
 }
 
+/* An s8 source without VNNI: oneDNN's kernel would shift it by +128 itself
+ * (so 7-bit gradients in [-63, 63] become up to 191 and a full-range weight
+ * operand needs two runs). Shifting by o = -min(a) instead keeps a [-63, 63]
+ * source below 127 (one exact run); the shift is taken out afterwards:
+ * y[m, n] = (a + o) . b[:, n] - o * sum_k b[k, n] (int32 wrap-around, as an
+ * int32 accumulator). A source with min >= 0 is used as u8 as it is. */
+static et_status onednn_matmul_shifted(const et_matmul_args *p)
+{
+    const int64_t M = p->y.shape[0], N = p->y.shape[1];
+    const int64_t K = p->trans_a ? p->a.shape[0] : p->a.shape[1];
+    const int8_t *a = p->a.data;   // (M, K) or, transposed, (K, M)
+    int8_t mn = 127;
+#pragma omp simd reduction(min:mn)
+    for (int64_t i = 0; i < M * K; i++) mn = a[i] < mn ? a[i] : mn;
+    et_matmul_args q = *p;
+    q.a.dtype = ET_U8;
+    if (M * K == 0 || mn >= 0) return onednn_matmul(&q);
+    const int o = -mn;
+    uint8_t *au = et_aligned_alloc((size_t)(M * K));
+    uint32_t *comp = malloc((size_t)N * sizeof *comp);
+    et_status st = ET_OK;
+    if (!au || !comp) {
+        st = et_error(ET_ERR_NOMEM, "onednn matmul: cannot allocate the shifted source (%lld bytes)",
+                      (long long)(M * K));
+        goto out;
+    }
+    for (int64_t i = 0; i < M * K; i++) au[i] = (uint8_t)(a[i] + o);
+    const int8_t *b = p->b.data;   // (K, N) or, transposed, (N, K)
+    for (int64_t n = 0; n < N; n++) {
+        int64_t sum = 0;
+        if (p->trans_b) for (int64_t k = 0; k < K; k++) sum += b[n * K + k];
+        else for (int64_t k = 0; k < K; k++) sum += b[k * N + n];
+        comp[n] = (uint32_t)((int64_t)o * sum);
+    }
+    q.a.data = au;
+    if ((st = onednn_matmul(&q)) != ET_OK) goto out;
+    int32_t *y = p->y.data;   // (M, N)
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t n = 0; n < N; n++) y[m * N + n] = (int32_t)((uint32_t)y[m * N + n] - comp[n]);
+out:
+    et_aligned_free(au);
+    free(comp);
+    return st;
+}
+
 static et_status onednn_matmul(const et_matmul_args *p)
 {
     const char *opname = "matmul";
     if (!et_onednn_available())
         return et_error(ET_ERR_BACKEND, "onednn matmul: the CPU engine could not be created");
+    if (p->a.dtype == ET_S8 && !have_vnni()) return onednn_matmul_shifted(p);
     const int64_t M = p->y.shape[0], N = p->y.shape[1];
     const int64_t K = p->trans_a ? p->a.shape[0] : p->a.shape[1];
     const int has_bias = p->bias.data != NULL;
