@@ -1,7 +1,7 @@
 """conv2d / linear forward, backward-data and backward-weight in low precision
 (issue 3, sections 4 and 6 per layer) through the forward primitives:
 `_C.conv2d_forward_lowp`, `conv2d_backward_lowp`, `linear_forward_lowp`,
-`linear_backward_lowp` (csrc/ops/LOWP_OPS.md).
+`linear_backward_lowp` (csrc/BINDINGS.md).
 
 Tolerances (issue 3, section 6): cosine similarity vs PyTorch fp32 of y, dx,
 dw >= 0.9999 for bf16/fp16, >= 0.995 for int8. The int8 products are exact

@@ -16,7 +16,7 @@
  * The tensors are borrowed views (storage may be NULL): the submitter keeps
  * the memory alive until it has waited for the ticket.
  *
- * Dtypes (see LOWP.md). A primitive call is one of five operand
+ * Dtypes (see csrc/BINDINGS.md). A primitive call is one of five operand
  * combinations, named by the dtype of its FIRST operand (matmul a, conv x):
  *   ET_F32 : f32  x f32  (+ f32 bias) -> f32
  *   ET_U8  : u8   x s8   (no bias)    -> s32   exact integer result, no scales

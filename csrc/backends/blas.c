@@ -7,7 +7,7 @@
  * input plane already is the (C/G, H*W) matrix; for batches of small images
  * (OH*OW < 256) the batch is folded into one gemm per group instead.
  *
- * Low precision (LOWP.md): OpenBLAS 0.3.21 has no integer gemm, so int8
+ * Low precision (csrc/BINDINGS.md): OpenBLAS 0.3.21 has no integer gemm, so int8
  * (u8|s8 x s8 -> s32) is declared unsupported here and runs on `ref`
  * (registry.c's counted fallback). bf16 matmul runs OpenBLAS's own
  * cblas_sbgemm (bf16 operands, f32 accumulation and output) when the

@@ -1,10 +1,11 @@
 /* onednn.c - the "inference engine": oneDNN 2.6 forward-inference primitives.
  *
- * Why: oneDNN's inference primitives (f32 today; int8 u8.s8->s32 and bf16
- * next) are the accelerator we drive. One CPU engine and one stream are
- * created once; conv2d forward and matmul run as primitives on plain
- * layouts (nchw / oihw or goihw; transposed matmul operands are described
- * by strides, never copied).
+ * Why: oneDNN's inference primitives (f32, int8 u8.s8->s32, bf16/f16) are
+ * the accelerator we drive. One CPU engine and one stream are created once;
+ * f32 / bf16 / f16 conv2d forward and every matmul run as primitives on
+ * plain layouts (nchw / oihw or goihw; transposed matmul operands are
+ * described by strides, never copied); the int8 conv runs on nhwc and
+ * blocked layouts (see conv2d_int8 below).
  *
  * Building a primitive is expensive (like building a TensorRT engine /
  * execution context), and an inference runtime can only hold a bounded
@@ -16,7 +17,7 @@
  * counted and readable from Python. oneDNN's own global primitive cache is
  * switched off so that ours is the one measured.
  *
- * Low precision (LOWP.md): int8 runs oneDNN's u8|s8 x s8 -> s32 matmul and
+ * Low precision (csrc/BINDINGS.md): int8 runs oneDNN's u8|s8 x s8 -> s32 matmul and
  * convolution primitives with no scales or zero points (the s32 result is
  * the exact integer sum; the dequantize epilogue is the quantizer's). bf16
  * and f16 (-> f32 dst, f32 bias) first try oneDNN's own bf16 / f16
@@ -280,7 +281,7 @@ static _Atomic int no_native[ET_OP_COUNT][ET_DTYPE_COUNT];
 
 static int widenable(et_dtype dt) { return dt == ET_BF16 || dt == ET_F16; }
 
-int et_onednn_native(et_op op, et_dtype dt);   /* for LOWP.md's table / tests */
+int et_onednn_native(et_op op, et_dtype dt);   /* for the BINDINGS.md table / tests */
 int et_onednn_native(et_op op, et_dtype dt)
 {
     return !(widenable(dt) && no_native[op][dt]);

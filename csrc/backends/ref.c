@@ -14,7 +14,7 @@
  * OpenMP splits rows of y across threads (static schedule, so the same
  * thread owns the same rows in every block: no races, no barriers).
  *
- * Low precision (backend.h, LOWP.md), every combination:
+ * Low precision (backend.h, csrc/BINDINGS.md), every combination:
  *   int8 (u8|s8 x s8 -> s32): integer-exact. The same gemm shapes with
  *     int32 accumulation while K * max|product| < 2^31 (K <= 65793 for
  *     u8.s8, 131071 for s8.s8: every partial sum is exact); beyond that an

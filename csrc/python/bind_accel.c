@@ -480,7 +480,7 @@ static PyObject *py_col2im(PyObject *self, PyObject *args, PyObject *kw)
 }
 
 
-/* ---- low-precision primitives (LOWP.md) ------------------------------------ */
+/* ---- low-precision primitives (csrc/BINDINGS.md) ------------------------------------ */
 
 /* The first operand's edgetrain dtype for the precision `prec` ("int8",
  * "bfloat16", "float16", "float32" or None = from the array's dtype).

@@ -1,5 +1,5 @@
 /* bind_lowp.c - _C's low-precision layer products (issue 3, section 4; see
- * csrc/ops/LOWP_OPS.md): conv2d_forward_lowp / conv2d_backward_lowp /
+ * csrc/BINDINGS.md): conv2d_forward_lowp / conv2d_backward_lowp /
  * linear_forward_lowp / linear_backward_lowp. Same pattern as bind_accel.c:
  * parse and borrow (GIL held), validate and allocate the outputs before
  * anything is submitted, release the GIL around quantize + submit + wait.
