@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests use every core we have; benchmarks pin their own thread counts.
 PYTEST_ARGS ?=
 
-.PHONY: build deps apt venv ext test demo bench clean
+.PHONY: build deps apt venv ext test demo bench accuracy clean
 
 build: apt venv ext
 
@@ -47,8 +47,13 @@ test: build
 demo: build
 	$(PY) -m edgetrain.demo
 
+# Training step, fp32 vs int8 on onednn vs PyTorch (a few minutes).
 bench: build
-	$(PY) benchmarks/bench_train_step.py
+	$(PY) benchmarks/bench_train_step.py --backends onednn --precisions fp32,int8
+
+# Accuracy table of issue 3 (hours for the full ResNet-18 runs; resumable).
+accuracy: build
+	$(PY) benchmarks/accuracy_table.py
 
 clean:
 	rm -rf build edgetrain/*.so

@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
 import resource
 import subprocess
@@ -72,7 +73,7 @@ TORCH = "torch-fp32"                     # the PyTorch reference run's "precisio
 TARGET_PP = {"lenet": 0.5, "resnet18": 1.0}
 # part of every run's configuration: bump it when what a run measures changes, so
 # that results kept for resuming are not mixed with ones measured differently
-RESULT_VERSION = 1
+RESULT_VERSION = 2   # 2: training back in train mode after each evaluation
 
 
 # ---------------------------------------------------------------------------
@@ -193,6 +194,7 @@ def child_edgetrain(spec):
         return correct / len(xt)
 
     def train_step(idx):
+        model.train()   # evaluate() left it in eval mode (BatchNorm: batch statistics again)
         bx = et.from_numpy(np.ascontiguousarray(x[idx]))           # (b, 1, 28, 28)
         by = et.tensor(np.ascontiguousarray(y[idx]), dtype="int64")
         t0 = time.perf_counter()
@@ -208,10 +210,19 @@ def child_edgetrain(spec):
         for g in opt.param_groups:
             g["lr"] = v
 
+    def get_state():   # what an epoch checkpoint must hold to continue exactly
+        return {"model": {k: np.array(v, copy=True) for k, v in model.state_dict().items()},
+                "opt": opt.state_dict(), "rng": et.random.default_generator().bit_generator.state}
+
+    def set_state(st):
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        et.random.default_generator().bit_generator.state = st["rng"]
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         with et.backend(spec["backend"]), et.precision(spec["precision"]):
-            out = _train_loop(spec, order, train_step, evaluate, set_lr)
+            out = _train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state)
     # e.g. "backend 'onednn' has no int8 conv2d primitive: running it on 'ref' instead"
     out["warnings"] = sorted({str(w.message) for w in caught})
     out["framework"] = "edgetrain"
@@ -258,6 +269,7 @@ def child_torch(spec):
         return correct / len(xt)
 
     def train_step(idx):
+        model.train()   # evaluate() left it in eval mode (BatchNorm: batch statistics again)
         bx = torch.from_numpy(np.ascontiguousarray(x[idx]))
         by = torch.from_numpy(np.ascontiguousarray(y[idx]))
         t0 = time.perf_counter()
@@ -274,23 +286,56 @@ def child_torch(spec):
         for g in opt.param_groups:
             g["lr"] = v
 
-    out = _train_loop(spec, order, train_step, evaluate, set_lr)
+    def get_state():
+        return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+                "opt": opt.state_dict(), "rng": torch.get_rng_state()}
+
+    def set_state(st):
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        torch.set_rng_state(st["rng"])
+
+    out = _train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state)
     out["framework"] = f"pytorch {torch.__version__}"
     out["warnings"] = []
     return out
 
 
-def _train_loop(spec, order, train_step, evaluate, set_lr):
-    """The loop both frameworks share: epochs of `order`, linear lr decay, eval per epoch."""
+def _load_checkpoint(spec):
+    """The epoch checkpoint of this exact configuration, or None."""
+    path = spec.get("ckpt_path")
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path, "rb") as f:
+            ck = pickle.load(f)
+    except Exception as e:  # a damaged file is never taken for a checkpoint: start over
+        print(f"  ignoring unreadable checkpoint {path}: {e}", file=sys.stderr)
+        return None
+    return ck if ck.get("config") == spec["config"] else None
+
+
+def _train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
+    """The loop both frameworks share: epochs of `order`, linear lr decay, eval per epoch.
+    After each epoch but the last, the training state is checkpointed (atomically) next
+    to the results, so a long run stopped at any point resumes at its last whole epoch
+    with the same weights, optimizer and rounding-generator state."""
     epochs, bs = spec["epochs"], spec["batch_size"]
     per_epoch = [_batches(order[e], bs) for e in range(epochs)]
     total = sum(len(b) for b in per_epoch)
     rss_start = peak_rss_bytes()
     losses, times, epochs_out = [], [], []
-    peak_saved, step = 0, 0
+    peak_saved, step, first, run_s_before, rss_before = 0, 0, 0, 0.0, 0
+    ck = _load_checkpoint(spec)
+    if ck is not None:
+        set_state(ck["state"])
+        losses, times, epochs_out = ck["losses"], ck["times"], ck["epochs_out"]
+        peak_saved, step, first = ck["peak_saved"], ck["step"], ck["epochs_done"]
+        run_s_before, rss_before = ck["run_s"], ck["peak_rss_bytes"]
+        print(f"  resumed from {spec['ckpt_path']} after epoch {first}", file=sys.stderr, flush=True)
     t_run = time.perf_counter()
     label = f"{spec['model']} {spec['precision']}"
-    for e in range(epochs):
+    for e in range(first, epochs):
         ep_losses, t_ep = [], time.perf_counter()
         for idx in tqdm(per_epoch[e], desc=f"{label} epoch {e + 1}/{epochs}", leave=False,
                         mininterval=2.0, file=sys.stderr):
@@ -310,12 +355,20 @@ def _train_loop(spec, order, train_step, evaluate, set_lr):
         losses += ep_losses
         print(f"  {label} epoch {e + 1}/{epochs}: train loss {np.mean(ep_losses):.4f}  test acc {acc:.4f}  "
               f"{1e3 * np.median(times[-len(ep_losses):]):.1f} ms/step (median)", file=sys.stderr, flush=True)
+        if spec.get("ckpt_path") and e + 1 < epochs:
+            atomic_write_bytes(spec["ckpt_path"], pickle.dumps({
+                "config": spec["config"], "epochs_done": e + 1, "step": step, "losses": losses,
+                "times": times, "epochs_out": epochs_out, "peak_saved": peak_saved,
+                "run_s": run_s_before + time.perf_counter() - t_run,
+                "peak_rss_bytes": max(rss_before, peak_rss_bytes()), "state": get_state()}))
     med, mean, n = _median_after_warmup(times, spec["warmup_steps"])
     return {"test_acc": epochs_out[-1]["test_acc"], "epochs": epochs_out,
             "step_losses": [float(f"{v:.6g}") for v in losses],     # 6 digits: the curves, not the JSON size
             "ms_step_median": 1e3 * med, "ms_step_mean": 1e3 * mean, "steps": len(times),
-            "steps_timed": n, "run_s": time.perf_counter() - t_run,
-            "peak_rss_bytes": peak_rss_bytes(), "peak_rss_before_training_bytes": rss_start,
+            "steps_timed": n, "run_s": run_s_before + time.perf_counter() - t_run,
+            "resumed_after_epoch": first or None,
+            "peak_rss_bytes": max(rss_before, peak_rss_bytes()),
+            "peak_rss_before_training_bytes": rss_start,
             "peak_saved_activation_bytes": int(peak_saved)}
 
 
@@ -400,7 +453,8 @@ def run_config(args, model, prec, inp, runs_dir, workdir):
         except (OSError, ValueError):
             pass  # unreadable: run again
     spec = dict(config, config=config, data_path=inp["data_path"], init_path=inp["init_path"],
-                order_path=inp["order_path"], result_path=result_path)
+                order_path=inp["order_path"], result_path=result_path,
+                ckpt_path=os.path.join(runs_dir, f"{model}-{prec}.ckpt"))
     spec_path = os.path.join(workdir, f"spec-{model}-{prec}.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
@@ -417,6 +471,10 @@ def run_config(args, model, prec, inp, runs_dir, workdir):
         raise RuntimeError(f"accuracy_table: the {model} {prec} run failed (exit status {r.returncode})")
     with open(result_path) as f:
         res = json.load(f)
+    try:
+        os.unlink(spec["ckpt_path"])   # the run is complete: its checkpoint is spent
+    except FileNotFoundError:
+        pass
     print(f"{model} {prec}: test acc {res['test_acc']:.4f}, {res['ms_step_median']:.1f} ms/step, "
           f"peak RSS {res['peak_rss_bytes'] / 2**20:.0f} MiB, {time.perf_counter() - t0:.0f} s", flush=True)
     return res
