@@ -7,8 +7,8 @@ core's queue to a forward-only backend (ref / blas / onednn).
 import builtins as _builtins
 
 from . import _C
-from .errors import (BackendError, DtypeError, EdgetrainError, ShapeError, StateDictError,
-                     UnsupportedError)
+from .errors import (BackendError, CheckpointError, DtypeError, EdgetrainError, ShapeError,
+                     StateDictError, UnsupportedError)
 from .random import manual_seed, seed, initial_seed, default_generator
 from .backend import (backends, set_backend, get_backend, backend, cache_stats,
                       set_cache_capacity, clear_cache)
@@ -23,6 +23,8 @@ from .tensor import (Tensor, tensor, as_tensor, from_numpy, zeros, ones, empty, 
 from . import autograd, random, tensor as _tensor_module  # noqa: F401
 from . import nn, optim, models, data
 from . import amp  # noqa: F401  (et.amp.GradScaler)
+from . import checkpoint  # noqa: F401
+from .checkpoint import save, load
 
 float32 = "float32"
 float64 = "float64"

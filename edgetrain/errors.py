@@ -10,6 +10,8 @@ kernel and one raised by Python code are caught by the same `except`:
     BackendError(EdgetrainError, RuntimeError)      a backend failed
     StateDictError(ShapeError, RuntimeError)        load_state_dict mismatch
         (RuntimeError too, because PyTorch raises RuntimeError there)
+    CheckpointError(EdgetrainError, ValueError)     et.load: not a checkpoint,
+        truncated, corrupted (checksum) or an unsupported format version
 """
 from . import _C
 
@@ -24,5 +26,10 @@ class StateDictError(ShapeError, RuntimeError):
     """load_state_dict(): missing, unexpected or wrong-shaped keys."""
 
 
+class CheckpointError(EdgetrainError, ValueError):
+    """et.load(): the file is not a whole, intact edgetrain checkpoint of a
+    supported version; the message names the file and what is wrong."""
+
+
 __all__ = ["EdgetrainError", "ShapeError", "DtypeError", "UnsupportedError",
-           "BackendError", "StateDictError"]
+           "BackendError", "StateDictError", "CheckpointError"]
