@@ -332,6 +332,16 @@ static int int8_single_pass(et_dtype udt, const void *u, int64_t n, const int8_t
 static et_status execute(const char *opname, dnnl_primitive_t prim, int n, const int *argid,
                          const dnnl_memory_desc_t *mds, void *const *ptrs);
 
+/* w = 16 * hi + lo, hi = floor(w / 16) in [-8, 7], lo in [0, 15]: each half
+ * keeps oneDNN's int16 pair sums below 2 * 255 * 15. */
+static void split_nibbles(const int8_t *w, int64_t m, int8_t *hi, int8_t *lo)
+{
+    for (int64_t i = 0; i < m; i++) {
+        hi[i] = (int8_t)(w[i] >> 4);     /* arithmetic shift */
+        lo[i] = (int8_t)(w[i] & 15);
+    }
+}
+
 static et_status execute_split(const char *opname, dnnl_primitive_t prim, int n, const int *argid,
                                const dnnl_memory_desc_t *mds, void *const *ptrs, int wi, int64_t m,
                                int yi, int64_t ny)
@@ -345,11 +355,7 @@ static et_status execute_split(const char *opname, dnnl_primitive_t prim, int n,
                       "(%lld + %lld bytes)", opname, (long long)(2 * m), (long long)(4 * ny));
         goto out;
     }
-    const int8_t *w = ptrs[wi];
-    for (int64_t i = 0; i < m; i++) {
-        hi[i] = (int8_t)(w[i] >> 4);     /* arithmetic shift: floor(w / 16), in [-8, 7] */
-        lo[i] = (int8_t)(w[i] & 15);     /* w - 16*hi, in [0, 15] */
-    }
+    split_nibbles(ptrs[wi], m, hi, lo);
     void *q[4];
     for (int i = 0; i < n; i++) q[i] = ptrs[i];
     q[wi] = hi;
@@ -768,10 +774,7 @@ static et_status onednn_conv2d_int8(const et_conv2d_args *p)
             if ((st = execute(opname, e->prim, 3, ids, md, cp)) != ET_OK) goto done;
         } else {
             int8_t *hi = wsplit, *lo = wsplit + nw;
-            for (int64_t i = 0; i < nw; i++) {
-                hi[i] = (int8_t)(w[i] >> 4);   /* floor(w / 16), in [-8, 7] */
-                lo[i] = (int8_t)(w[i] & 15);   /* w - 16*hi, in [0, 15] */
-            }
+            split_nibbles(w, nw, hi, lo);
             void *rp[2] = {hi, wb};
             if ((st = execute(opname, e->aux, 2, rids, rmds, rp)) != ET_OK) goto done;
             void *cp[3] = {xs, wb, yh};
