@@ -298,32 +298,30 @@ static int have_vnni(void)
     return (isa & (0x40 | 0x400)) != 0;   /* avx512_core_vnni (and up), avx2_vnni */
 }
 
-/* 1 when one run of oneDNN's int8 kernel cannot saturate its int16 pair
- * sums for these operands: u (the u8 / s8 source, n bytes) and s (the s8
- * weight-side operand, m bytes). */
-static int int8_single_pass(et_dtype udt, const void *u, int64_t n, const int8_t *s, int64_t m)
+/* Operand ranges for the int16 pair-sum bound below. */
+static int u8_max(const uint8_t *a, int64_t n)
 {
-    if (have_vnni()) return 1;
-    int umax = 0, smax = 0;
-    if (udt == ET_U8) {
-        const uint8_t *a = u;
-        uint8_t mx = 0;
-#pragma omp simd reduction(max:mx)
-        for (int64_t i = 0; i < n; i++) mx = a[i] > mx ? a[i] : mx;
-        umax = mx;
-    } else {   /* s8 sources run as s + 128 (or as |s|): bound both */
-        const int8_t *a = u;
-        int8_t mx = -128, mn = 127;
-#pragma omp simd reduction(max:mx) reduction(min:mn)
-        for (int64_t i = 0; i < n; i++) { mx = a[i] > mx ? a[i] : mx; mn = a[i] < mn ? a[i] : mn; }
-        umax = mx + 128;
-        if (-mn > umax) umax = -mn;
-    }
+    uint8_t mx = 0;
+#pragma omp parallel for simd reduction(max:mx) if (n > 262144 && !omp_in_parallel())
+    for (int64_t i = 0; i < n; i++) mx = a[i] > mx ? a[i] : mx;
+    return mx;
+}
+
+static int s8_absmax(const int8_t *s, int64_t m)
+{
     int8_t mx = -128, mn = 127;
 #pragma omp simd reduction(max:mx) reduction(min:mn)
     for (int64_t i = 0; i < m; i++) { mx = s[i] > mx ? s[i] : mx; mn = s[i] < mn ? s[i] : mn; }
-    smax = mx > -mn ? mx : -mn;
-    return 2 * umax * smax <= 32767;
+    return m > 0 ? (mx > -mn ? mx : -mn) : 0;
+}
+
+/* 1 when one run of oneDNN's int8 kernel is exact for a u8 source whose
+ * maximum is umax against s8 weights of maximum |w| wmax: with VNNI always,
+ * else when the saturating int16 pair sums cannot overflow. (s8 sources
+ * never reach the kernel without VNNI: they are shifted to u8 first.) */
+static int one_run_exact(int umax, int wmax)
+{
+    return have_vnni() || 2 * umax * wmax <= 32767;
 }
 
 /* Runs an int8 primitive whose weight-side operand (argument slot `wi`,
@@ -574,7 +572,8 @@ static et_status onednn_matmul(const et_matmul_args *p)
         int ids[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
         void *ptrs[4] = {p->a.data, p->b.data, p->y.data, p->bias.data};
         const int int8 = p->a.dtype == ET_U8 || p->a.dtype == ET_S8;
-        if (int8 && !int8_single_pass(p->a.dtype, p->a.data, M * K, p->b.data, K * N))
+        if (int8 && !have_vnni() &&   /* here a is u8 (s8 sources were shifted) */
+            !one_run_exact(u8_max(p->a.data, M * K), s8_absmax(p->b.data, K * N)))
             st = execute_split(opname, prim, 3, ids, md, ptrs, 1, K * N, 2, M * N);
         else
             st = execute(opname, prim, has_bias ? 4 : 3, ids, md, ptrs);
@@ -642,11 +641,7 @@ static et_status onednn_conv2d_int8(const et_conv2d_args *p)
     /* Ranges: the source offset o and whether one run is exact. */
     int o = 0, umax = 0;
     if (p->x.dtype == ET_U8) {
-        const uint8_t *a = p->x.data;
-        uint8_t mx = 0;
-#pragma omp parallel for simd reduction(max:mx) if (nx > 262144 && !omp_in_parallel())
-        for (int64_t i = 0; i < nx; i++) mx = a[i] > mx ? a[i] : mx;
-        umax = mx;
+        umax = u8_max(p->x.data, nx);
     } else {
         const int8_t *a = p->x.data;
         int8_t mx = -128, mn = 127;
@@ -656,14 +651,7 @@ static et_status onednn_conv2d_int8(const et_conv2d_args *p)
         o = mn < 0 ? -mn : 0;
         umax = mx + o;
     }
-    int wmax = 0;
-    {
-        int8_t mx = -128, mn = 127;
-#pragma omp simd reduction(max:mx) reduction(min:mn)
-        for (int64_t i = 0; i < nw; i++) { mx = w[i] > mx ? w[i] : mx; mn = w[i] < mn ? w[i] : mn; }
-        if (nw > 0) wmax = mx > -mn ? mx : -mn;
-    }
-    const int single = have_vnni() || 2 * umax * wmax <= 32767;
+    const int single = one_run_exact(umax, s8_absmax(w, nw));
     const int padded = p->pad_lo[0] || p->pad_lo[1] || p->pad_hi[0] || p->pad_hi[1];
     const int mat = o != 0 && padded;   /* materialize the padding (holding o) */
     const int64_t Hs = mat ? H + p->pad_lo[0] + p->pad_hi[0] : H;
