@@ -35,15 +35,24 @@ venv: $(VENV)/.deps-stamp
 $(VENV)/.deps-stamp: pyproject.toml
 	@[ -x $(PY) ] || $(BASE_PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "numpy>=1.23" tqdm pytest "torch==2.13.0" matplotlib
+	$(PIP) install -q "numpy>=1.23" tqdm pytest "torch==2.13.0" matplotlib \
+	  onnx onnxruntime nbclient nbformat ipykernel
 	@touch $@
 
+# The extension is built in place; the venv gets a .pth naming this checkout
+# (as an editable install would) and the `edgetrain` console script of
+# pyproject's [project.scripts], so `.venv/bin/edgetrain` runs from anywhere.
 ext: venv
 	$(PY) setup.py -q build_ext --inplace
+	@echo "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/edgetrain-checkout.pth"
+	@printf '#!%s\nimport sys\nfrom edgetrain.cli import main\nsys.exit(main())\n' "$(CURDIR)/$(PY)" > $(VENV)/bin/edgetrain
+	@chmod +x $(VENV)/bin/edgetrain
 
 test: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
+# The edge scenario: a PyTorch model from Fashion-MNIST fine-tuned in int8 on the
+# MNIST digits with `edgetrain train --init --train-only`, beside PyTorch (~1-2 min).
 demo: build
 	$(PY) -m edgetrain.demo
 

@@ -9,7 +9,7 @@ the same initial weights and the same batches in the same order:
   training set's mean/std; cross-entropy; train-mode BatchNorm.
 - init: the parent builds the edgetrain model once under `et.manual_seed(seed)`
   and saves its state_dict (.npz); every child loads it (PyTorch: the plain
-  torch.nn reference of tests/torch_ref.py, which has edgetrain's keys).
+  torch.nn twin in edgetrain.models.torch_reference, which has edgetrain's keys).
 - batches: the parent draws the index order of every epoch from an edgetrain
   `DataLoader(shuffle=True, seed=seed)` and saves it; every child consumes it.
 - precision: `et.precision(p)` is in force for training AND evaluation (each
@@ -39,36 +39,26 @@ hours on 2 cores), so an interrupted table resumes where it stopped.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
-import io
 import json
 import os
-import pickle
-import platform
-import resource
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 
 import numpy as np
 
-try:
-    from tqdm import tqdm
-except ImportError:  # tqdm is a dependency; degrade to no bars rather than fail
-    def tqdm(it, **_):
-        return it
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+# the engine of `edgetrain compare`: one child process per run (edgetrain/cli/runs.py)
+from edgetrain.cli.compare import machine, plot_runs, run_child  # noqa: E402
+from edgetrain.cli.runs import TORCH, write_bytes  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # of the 60k training images, pixel/255
 MODELS = ("lenet", "resnet18")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed")
-TORCH = "torch-fp32"                     # the PyTorch reference run's "precision" label
 # the issue's done-when: int8 at most this far (pp) below edgetrain fp32
 TARGET_PP = {"lenet": 0.5, "resnet18": 1.0}
 # part of every run's configuration: bump it when what a run measures changes, so
@@ -76,311 +66,8 @@ TARGET_PP = {"lenet": 0.5, "resnet18": 1.0}
 RESULT_VERSION = 2   # 2: training back in train mode after each evaluation
 
 
-# ---------------------------------------------------------------------------
-# small shared helpers (no edgetrain / torch import here: the children choose)
-def atomic_write_bytes(path, data):
-    """Write `data` to `path` through a temp file in the same folder, fsync, rename."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes 0600; a results file is an ordinary file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def atomic_write_json(path, obj):
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
-
-
-def machine(threads):
-    cpu, isa = platform.processor() or "unknown cpu", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    # the vector ISA decides what the engine can do (VNNI int8, BF16)
-                    isa = sorted(fl for fl in line.split(":", 1)[1].split()
-                                 if fl.startswith(("avx", "amx")) or fl in ("fma", "f16c"))
-                    break
-    except OSError:
-        pass
-    try:
-        from importlib.metadata import version
-        torch_version = version("torch")
-    except Exception:  # noqa: BLE001 - only a description
-        torch_version = "not installed"
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "threads": threads,
-            "python": platform.python_version(), "system": platform.platform(),
-            "torch": torch_version, "numpy": np.__version__,
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
-
-
-def peak_rss_bytes():
-    """Peak resident set size of this process image (bytes).
-
-    VmHWM from /proc/self/status, not getrusage's ru_maxrss: Linux carries
-    ru_maxrss over an execve, so a child started by this (data-holding) parent
-    would report at least the parent's peak. VmHWM belongs to the process's own
-    address space, which starts fresh at exec."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024          # "VmHWM:  123456 kB"
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-
-
-def lr_at(step, total, lr):
-    """Linear decay from lr to 0 over `total` steps (the same in both frameworks)."""
-    return lr * (1.0 - step / total)
-
-
-def _median_after_warmup(times, warmup):
-    t = times[warmup:] if len(times) > warmup else times
-    return float(np.median(t)), float(np.mean(t)), len(t)
-
-
-# ---------------------------------------------------------------------------
-# children: one training run each
-def _load_inputs(spec):
-    """The shared inputs the parent prepared: data (normalised float32), batch order, init."""
-    d = np.load(spec["data_path"])
-    x, y, xt, yt = d["x"], d["y"], d["xt"], d["yt"]
-    order = np.load(spec["order_path"])["order"]          # (epochs, n_train) int64
-    init = dict(np.load(spec["init_path"]))
-    return x, y, xt, yt, order, init
-
-
-def _batches(order_row, batch):
-    """Index batches of one epoch (the last one may be short, as DataLoader's)."""
-    return [order_row[i:i + batch] for i in range(0, len(order_row), batch)]
-
-
-def child_edgetrain(spec):
-    sys.path.insert(0, REPO)
-    import edgetrain as et
-
-    x, y, xt, yt, order, init = _load_inputs(spec)
-    et.manual_seed(spec["seed"])  # int8 backward passes draw stochastic-rounding seeds from it
-    if spec["model"] == "lenet":
-        model = et.models.lenet()
-    else:
-        model = et.models.resnet18(num_classes=10, in_channels=1, small_input=True)
-    model.load_state_dict(init)
-    opt = et.optim.SGD(model.parameters(), lr=spec["lr"], momentum=0.9)
-    crit = et.nn.CrossEntropyLoss()
-    ebs = spec["eval_batch_size"]
-
-    def evaluate():
-        model.eval()
-        correct = 0
-        with et.no_grad():
-            for i in range(0, len(xt), ebs):
-                logits = np.asarray(model(et.from_numpy(xt[i:i + ebs])).numpy())   # (b, 10)
-                correct += int((logits.argmax(1) == yt[i:i + ebs]).sum())
-        return correct / len(xt)
-
-    def train_step(idx):
-        model.train()   # evaluate() left it in eval mode (BatchNorm: batch statistics again)
-        bx = et.from_numpy(np.ascontiguousarray(x[idx]))           # (b, 1, 28, 28)
-        by = et.tensor(np.ascontiguousarray(y[idx]), dtype="int64")
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        loss = crit(model(bx), by)
-        saved = et.saved_activation_bytes()                         # graph alive: its peak
-        loss.backward()
-        opt.step()
-        lv = loss.item()
-        return lv, time.perf_counter() - t0, saved
-
-    def set_lr(v):
-        for g in opt.param_groups:
-            g["lr"] = v
-
-    def get_state():   # what an epoch checkpoint must hold to continue exactly
-        return {"model": {k: np.array(v, copy=True) for k, v in model.state_dict().items()},
-                "opt": opt.state_dict(), "rng": et.random.default_generator().bit_generator.state}
-
-    def set_state(st):
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        et.random.default_generator().bit_generator.state = st["rng"]
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        with et.backend(spec["backend"]), et.precision(spec["precision"]):
-            out = _train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state)
-    # e.g. "backend 'onednn' has no int8 conv2d primitive: running it on 'ref' instead"
-    out["warnings"] = sorted({str(w.message) for w in caught})
-    out["framework"] = "edgetrain"
-    return out
-
-
-def child_torch(spec):
-    import torch
-    from torch import nn
-
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    import torch_ref  # plain torch.nn LeNet / ResNet with edgetrain's state_dict keys
-
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(spec["seed"])
-    x, y, xt, yt, order, init = _load_inputs(spec)
-    if spec["model"] == "lenet":
-        model = torch_ref.TorchLeNet()
-    else:
-        model = torch_ref.torch_resnet("resnet18", num_classes=10, in_channels=1, small_input=True)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init.items()})
-    opt = torch.optim.SGD(model.parameters(), lr=spec["lr"], momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    ebs = spec["eval_batch_size"]
-
-    # fp32 inputs of every Conv2d / Linear in one forward: what edgetrain's fp32
-    # path saves for backward (et.saved_activation_bytes' definition)
-    fwd_bytes = [0]
-
-    def count(_mod, inp):
-        fwd_bytes[0] += inp[0].numel() * inp[0].element_size()
-
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            m.register_forward_pre_hook(count)
-
-    def evaluate():
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, len(xt), ebs):
-                logits = model(torch.from_numpy(xt[i:i + ebs]))
-                correct += int((logits.argmax(1).numpy() == yt[i:i + ebs]).sum())
-        return correct / len(xt)
-
-    def train_step(idx):
-        model.train()   # evaluate() left it in eval mode (BatchNorm: batch statistics again)
-        bx = torch.from_numpy(np.ascontiguousarray(x[idx]))
-        by = torch.from_numpy(np.ascontiguousarray(y[idx]))
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        fwd_bytes[0] = 0
-        loss = crit(model(bx), by)
-        saved = fwd_bytes[0]
-        loss.backward()
-        opt.step()
-        lv = loss.item()
-        return lv, time.perf_counter() - t0, saved
-
-    def set_lr(v):
-        for g in opt.param_groups:
-            g["lr"] = v
-
-    def get_state():
-        return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
-                "opt": opt.state_dict(), "rng": torch.get_rng_state()}
-
-    def set_state(st):
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        torch.set_rng_state(st["rng"])
-
-    out = _train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state)
-    out["framework"] = f"pytorch {torch.__version__}"
-    out["warnings"] = []
-    return out
-
-
-def _load_checkpoint(spec):
-    """The epoch checkpoint of this exact configuration, or None."""
-    path = spec.get("ckpt_path")
-    if not path or not os.path.exists(path):
-        return None
-    try:
-        with open(path, "rb") as f:
-            ck = pickle.load(f)
-    except Exception as e:  # a damaged file is never taken for a checkpoint: start over
-        print(f"  ignoring unreadable checkpoint {path}: {e}", file=sys.stderr)
-        return None
-    return ck if ck.get("config") == spec["config"] else None
-
-
-def _train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
-    """The loop both frameworks share: epochs of `order`, linear lr decay, eval per epoch.
-    After each epoch but the last, the training state is checkpointed (atomically) next
-    to the results, so a long run stopped at any point resumes at its last whole epoch
-    with the same weights, optimizer and rounding-generator state."""
-    epochs, bs = spec["epochs"], spec["batch_size"]
-    per_epoch = [_batches(order[e], bs) for e in range(epochs)]
-    total = sum(len(b) for b in per_epoch)
-    rss_start = peak_rss_bytes()
-    losses, times, epochs_out = [], [], []
-    peak_saved, step, first, run_s_before, rss_before = 0, 0, 0, 0.0, 0
-    ck = _load_checkpoint(spec)
-    if ck is not None:
-        set_state(ck["state"])
-        losses, times, epochs_out = ck["losses"], ck["times"], ck["epochs_out"]
-        peak_saved, step, first = ck["peak_saved"], ck["step"], ck["epochs_done"]
-        run_s_before, rss_before = ck["run_s"], ck["peak_rss_bytes"]
-        print(f"  resumed from {spec['ckpt_path']} after epoch {first}", file=sys.stderr, flush=True)
-    t_run = time.perf_counter()
-    label = f"{spec['model']} {spec['precision']}"
-    for e in range(first, epochs):
-        ep_losses, t_ep = [], time.perf_counter()
-        for idx in tqdm(per_epoch[e], desc=f"{label} epoch {e + 1}/{epochs}", leave=False,
-                        mininterval=2.0, file=sys.stderr):
-            set_lr(lr_at(step, total, spec["lr"]))
-            lv, dt, saved = train_step(idx)
-            if not np.isfinite(lv):
-                raise FloatingPointError(f"{label}: loss {lv} at step {step}")
-            ep_losses.append(lv)
-            times.append(dt)
-            peak_saved = max(peak_saved, saved)
-            step += 1
-        train_s = time.perf_counter() - t_ep
-        t_ev = time.perf_counter()
-        acc = evaluate()
-        epochs_out.append({"epoch": e + 1, "train_loss": float(np.mean(ep_losses)), "test_acc": acc,
-                           "train_s": train_s, "eval_s": time.perf_counter() - t_ev})
-        losses += ep_losses
-        print(f"  {label} epoch {e + 1}/{epochs}: train loss {np.mean(ep_losses):.4f}  test acc {acc:.4f}  "
-              f"{1e3 * np.median(times[-len(ep_losses):]):.1f} ms/step (median)", file=sys.stderr, flush=True)
-        if spec.get("ckpt_path") and e + 1 < epochs:
-            atomic_write_bytes(spec["ckpt_path"], pickle.dumps({
-                "config": spec["config"], "epochs_done": e + 1, "step": step, "losses": losses,
-                "times": times, "epochs_out": epochs_out, "peak_saved": peak_saved,
-                "run_s": run_s_before + time.perf_counter() - t_run,
-                "peak_rss_bytes": max(rss_before, peak_rss_bytes()), "state": get_state()}))
-    med, mean, n = _median_after_warmup(times, spec["warmup_steps"])
-    return {"test_acc": epochs_out[-1]["test_acc"], "epochs": epochs_out,
-            "step_losses": [float(f"{v:.6g}") for v in losses],     # 6 digits: the curves, not the JSON size
-            "ms_step_median": 1e3 * med, "ms_step_mean": 1e3 * mean, "steps": len(times),
-            "steps_timed": n, "run_s": run_s_before + time.perf_counter() - t_run,
-            "resumed_after_epoch": first or None,
-            "peak_rss_bytes": max(rss_before, peak_rss_bytes()),
-            "peak_rss_before_training_bytes": rss_start,
-            "peak_saved_activation_bytes": int(peak_saved)}
-
-
-def child_main(spec_path):
-    with open(spec_path) as f:
-        spec = json.load(f)
-    fn = child_torch if spec["precision"] == TORCH else child_edgetrain
-    res = fn(spec)
-    res["config"] = spec["config"]
-    res["model"], res["precision"] = spec["model"], spec["precision"]
-    atomic_write_json(spec["result_path"], res)
-    return 0
+    write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
 
 
 # ---------------------------------------------------------------------------
@@ -388,7 +75,6 @@ def child_main(spec_path):
 def prepare(args, workdir):
     """Normalised data subsets, per-model init .npz and batch order .npz in `workdir`.
     Returns {model: {"data_path", "init_path", "order_path", "init_sha256", "n_train", "n_test"}}."""
-    sys.path.insert(0, REPO)
     import edgetrain as et
     from edgetrain.data import DataLoader, load_mnist
 
@@ -452,25 +138,20 @@ def run_config(args, model, prec, inp, runs_dir, workdir):
                 return old
         except (OSError, ValueError):
             pass  # unreadable: run again
+    # the spec of edgetrain/cli/runs.py: the recipe above in its terms
     spec = dict(config, config=config, data_path=inp["data_path"], init_path=inp["init_path"],
                 order_path=inp["order_path"], result_path=result_path,
-                ckpt_path=os.path.join(runs_dir, f"{model}-{prec}.ckpt"))
-    spec_path = os.path.join(workdir, f"spec-{model}-{prec}.json")
-    with open(spec_path, "w") as f:
-        json.dump(spec, f)
-    env = dict(os.environ)
-    # edgetrain's OpenMP / OpenBLAS read their thread counts when the extension loads
-    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[k] = str(args.threads)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+                ckpt_path=os.path.join(runs_dir, f"{model}-{prec}.ckpt"),
+                lr_schedule="linear", optimizer="sgd", num_classes=10, train_only=None,
+                eval_before=False, progress=True,
+                backend=args.backend)     # unused by the PyTorch run, None in its config
     print(f"{model} {prec}: running ({inp['n_train']} train / {inp['n_test']} test, "
           f"{inp['epochs']} epoch(s))", flush=True)
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", spec_path], env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"accuracy_table: the {model} {prec} run failed (exit status {r.returncode})")
-    with open(result_path) as f:
-        res = json.load(f)
+    try:
+        res = run_child(spec, workdir, args.threads)
+    except RuntimeError as e:
+        raise RuntimeError(f"accuracy_table: {e}") from None
     try:
         os.unlink(spec["ckpt_path"])   # the run is complete: its checkpoint is spent
     except FileNotFoundError:
@@ -482,42 +163,6 @@ def run_config(args, model, prec, inp, runs_dir, workdir):
 
 def _mib(b):
     return f"{b / 2**20:.1f}"
-
-
-def write_plot(path, model, runs):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in runs:
-        loss = np.asarray(r["step_losses"], dtype=np.float64)
-        w = max(1, len(loss) // 50)   # running mean over ~2% of the run: the curves stay readable
-        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-        ls = "--" if r["precision"] == TORCH else "-"
-        ax.plot(np.arange(w - 1, len(loss)) + 1, smooth, ls, lw=1.2, label=r["precision"])
-        ep = r["epochs"]
-        ax2.plot([e["epoch"] for e in ep], [100 * e["test_acc"] for e in ep], ls + "o", ms=3,
-                 label=r["precision"])
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("train loss" + (f" (running mean of {w} steps)" if w > 1 else ""))
-    ax.set_title(f"{model}: training loss")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    n_ep = max(len(r["epochs"]) for r in runs)
-    ax2.set_xticks(range(1, n_ep + 1))
-    ax2.set_xlim(0.5, n_ep + 0.5)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("test accuracy (%)")
-    ax2.set_title(f"{model}: test accuracy")
-    ax2.grid(alpha=0.3)
-    ax2.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
 
 
 def write_report(args, mach, inputs, results, out_dir):
@@ -609,11 +254,11 @@ def write_report(args, mach, inputs, results, out_dir):
         if notes:
             lines += ["", "Backend notes: " + "; ".join(notes)]
         lines += ["", f"![{model} loss curves](accuracy_loss_{model}.png)", ""]
-    atomic_write_bytes(os.path.join(out_dir, "accuracy.md"), "\n".join(lines).encode())
+    write_bytes(os.path.join(out_dir, "accuracy.md"), "\n".join(lines).encode())
     for model in args.models:
         rs = [r for r in results if r["model"] == model]
         if rs:
-            write_plot(os.path.join(out_dir, f"accuracy_loss_{model}.png"), model, rs)
+            plot_runs(os.path.join(out_dir, f"accuracy_loss_{model}.png"), model, rs)
 
 
 def _csv(choices):
@@ -629,8 +274,6 @@ def _csv(choices):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        return child_main(argv[1])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", type=_csv(MODELS), default=list(MODELS), help="comma-separated: lenet,resnet18")
@@ -668,7 +311,6 @@ def main(argv=None):
     if not os.path.isdir(args.data):
         p.error(f"--data {args.data!r} is not a directory (Debian's dataset-fashion-mnist: make apt)")
 
-    sys.path.insert(0, REPO)
     import edgetrain as et
     if args.backend not in et.backends():
         p.error(f"--backend {args.backend!r} is not available here (have {', '.join(et.backends())})")

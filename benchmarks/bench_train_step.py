@@ -57,9 +57,8 @@ def et_model(name, kw):
 
 
 def torch_model(name, kw):
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
-    import torch_ref  # the plain-torch.nn reference models of the test suite
-    return torch_ref.TorchLeNet(**kw) if name == "lenet" else torch_ref.torch_resnet("resnet18", **kw)
+    from edgetrain.models.torch_reference import TorchLeNet, torch_resnet
+    return TorchLeNet(**kw) if name == "lenet" else torch_resnet("resnet18", **kw)
 
 
 def time_steps(step, warmup, steps):

@@ -1,210 +1,173 @@
-"""edgetrain demo: LeNet on Fashion-MNIST, edgetrain vs PyTorch, side by side.
+"""edgetrain demo (`make demo`): the edge scenario, end to end, beside PyTorch.
 
-    python -m edgetrain.demo [--epochs 1] [--backend onednn] [--data DIR] [--no-torch]
+    python -m edgetrain.demo [--out runs/demo] [--epochs 2] [--threads 2]
 
-1. Trains `edgetrain.models.lenet` for one epoch on Fashion-MNIST (Debian's
-   dataset-fashion-mnist, /usr/share/datasets/fashion-mnist) on the `onednn`
-   backend: SGD, momentum 0.9, lr 0.05, batch 64, inputs normalised with the
-   training set's mean/std. Prints per-epoch train loss, test accuracy and time
-   per step.
-2. Runs the SAME training in PyTorch -- the same initial weights (edgetrain's
-   state_dict loaded into an identical torch model), the same batches in the
-   same order, the same thread count -- and prints a comparison table.
+1. Elsewhere: a LeNet is trained in PyTorch on Fashion-MNIST (Debian's
+   dataset-fashion-mnist; one epoch) and saved with torch.save -- the model a
+   device receives from the cloud.
+2. On the device: `edgetrain train --init` imports it and `--train-only fc`
+   customizes its classifier on the local data, the MNIST digits of
+   ../shared/data/mnist10k (8,000 training / 2,000 test images), in int8: every
+   forward, backward-data and backward-weight product of the trained layers runs
+   as an int8 forward primitive on the backend; the conv layers are frozen.
+3. `edgetrain compare` does the same fine-tuning in PyTorch fp32 and in
+   edgetrain int8 from the same weights with the same batches, each in its own
+   process with the same thread count, and reports accuracy before and after,
+   time per step and peak memory.
 
-PyTorch is only the competitor here: it is imported inside `run_torch`, and if
-it is missing the second half is skipped with a note. Exit status 1 if a
-framework ends below the accuracy target (0.85 after one epoch).
+PyTorch is only the cloud side and the competitor here: without it the demo
+says so and stops. Exit status 1 if the fine-tuned edgetrain model ends below
+the target accuracy.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
+import shutil
+import subprocess
 import sys
 import time
 
 import numpy as np
 
-import edgetrain as et
-from edgetrain.data import DataLoader, load_mnist
-
-try:
-    from tqdm import tqdm
-except ImportError:  # tqdm is a dependency; degrade to no bars rather than fail
-    def tqdm(it, **_):
-        return it
-
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # of the 60k training images, pixel/255
-TARGET_ACC = 0.85
+FASHION_NORM = (0.2860, 0.3530)          # mean, std of the training images, pixel / 255
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MNIST10K = os.path.join(os.path.dirname(REPO), "shared", "data", "mnist10k")
+TARGET_ACC = 0.90                        # the customized model on the digits test set
 
 
-def load_data(directory):
-    x, y = load_mnist(directory, train=True)
-    xt, yt = load_mnist(directory, train=False)
+def pretrain_in_torch(path, threads, seed=0):
+    """Step 1, PyTorch only: LeNet, Fashion-MNIST, one epoch (SGD momentum 0.9, lr 0.05
+    decayed linearly, batch 64); torch.save(state_dict) to `path`."""
+    import torch
 
-    def norm(a):  # uint8 (N, 28, 28) -> float32 (N, 1, 28, 28)
-        return np.ascontiguousarray(((a.astype(np.float32) / 255.0 - FASHION_MEAN) / FASHION_STD)[:, None])
+    from edgetrain.data import load_mnist
+    from edgetrain.models.torch_reference import TorchLeNet
 
-    return norm(x), y.astype(np.int64), norm(xt), yt.astype(np.int64)
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    x, y = load_mnist(FASHION_DIR, train=True)
+    xt, yt = load_mnist(FASHION_DIR, train=False)
 
+    def norm(a):   # uint8 (N, 28, 28) -> float32 (N, 1, 28, 28)
+        return torch.from_numpy(((a.astype(np.float32) / 255 - FASHION_NORM[0])
+                                 / FASHION_NORM[1])[:, None].copy())
 
-def _summary(name, backend, losses, step_times, acc, epochs):
-    st = np.asarray(step_times[5:] if len(step_times) > 10 else step_times)  # warm-up excluded
-    return {"framework": name, "backend": backend, "epochs": epochs, "train_loss": float(np.mean(losses[-len(losses) // epochs:])),
-            "test_acc": acc, "ms_step": 1e3 * float(np.median(st)), "ms_step_mean": 1e3 * float(np.mean(st)),
-            "train_s": float(np.sum(step_times)), "steps": len(step_times)}
-
-
-def run_edgetrain(data, init_state, args):
-    x, y, xt, yt = data
-    model = et.models.lenet()
-    model.load_state_dict(init_state)
-    opt = et.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    crit = et.nn.CrossEntropyLoss()
-    loader = DataLoader((x, y), batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    losses, times = [], []
-    with et.backend(args.backend):
-        for epoch in range(args.epochs):
-            model.train()
-            ep_losses, ep_times = [], []
-            for bx, by in tqdm(loader, desc=f"edgetrain[{args.backend}] epoch {epoch + 1}", leave=False):
-                t0 = time.perf_counter()
-                opt.zero_grad()
-                loss = crit(model(bx), by)
-                loss.backward()
-                opt.step()
-                ep_losses.append(loss.item())
-                ep_times.append(time.perf_counter() - t0)
-            acc = evaluate_edgetrain(model, xt, yt)
-            losses += ep_losses
-            times += ep_times
-            print(f"edgetrain [{args.backend}] epoch {epoch + 1}: train loss {np.mean(ep_losses):.4f}  "
-                  f"test acc {acc:.4f}  {1e3 * np.median(ep_times):.2f} ms/step (median)")
-    return _summary("edgetrain", args.backend, losses, times, acc, args.epochs)
-
-
-def evaluate_edgetrain(model, xt, yt, batch=1000):
-    model.eval()
-    correct = 0
-    with et.no_grad():
-        for i in range(0, len(xt), batch):
-            logits = model(et.from_numpy(xt[i:i + batch]))
-            correct += int((np.asarray(logits.numpy()).argmax(1) == yt[i:i + batch]).sum())
-    return correct / len(xt)
-
-
-def run_torch(data, init_state, args):
-    try:
-        import torch
-        from torch import nn
-    except ImportError:
-        print("\nPyTorch is not installed: skipping the PyTorch half of the comparison "
-              "(pip install torch to see it).")
-        return None
-    torch.set_num_threads(args.threads)
-
-    class TorchLeNet(nn.Module):  # edgetrain.models.LeNet, layer for layer
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(1, 6, 5, padding=2), nn.BatchNorm2d(6)
-            self.conv2, self.bn2 = nn.Conv2d(6, 16, 5), nn.BatchNorm2d(16)
-            self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-
-        def forward(self, x):
-            f = nn.functional
-            x = f.max_pool2d(f.relu(self.bn1(self.conv1(x))), 2)
-            x = f.max_pool2d(f.relu(self.bn2(self.conv2(x))), 2)
-            x = f.relu(self.fc1(x.flatten(1)))
-            return self.fc3(f.relu(self.fc2(x)))
-
-    x, y, xt, yt = data
+    x, xt = norm(x), norm(xt)
+    y, yt = torch.from_numpy(y.astype(np.int64)), torch.from_numpy(yt.astype(np.int64))
     model = TorchLeNet()
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in init_state.items()})
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    # The same seed gives the same permutation, so the same batches in the same order.
-    loader = DataLoader((x, y), batch_size=args.batch_size, shuffle=True, seed=args.seed)
-    losses, times = [], []
-    for epoch in range(args.epochs):
-        model.train()
-        ep_losses, ep_times = [], []
-        for bx, by in tqdm(loader, desc=f"pytorch epoch {epoch + 1}", leave=False):
-            tx, ty = torch.from_numpy(np.asarray(bx.numpy())), torch.from_numpy(np.asarray(by.numpy()))
-            t0 = time.perf_counter()
-            opt.zero_grad()
-            loss = crit(model(tx), ty)
-            loss.backward()
-            opt.step()
-            ep_losses.append(loss.item())
-            ep_times.append(time.perf_counter() - t0)
-        model.eval()
-        with torch.no_grad():
-            acc = float((model(torch.from_numpy(xt)).argmax(1).numpy() == yt).mean())
-        losses += ep_losses
-        times += ep_times
-        print(f"pytorch {torch.__version__} epoch {epoch + 1}: train loss {np.mean(ep_losses):.4f}  "
-              f"test acc {acc:.4f}  {1e3 * np.median(ep_times):.2f} ms/step (median)")
-    return _summary(f"pytorch {torch.__version__}", "cpu eager", losses, times, acc, args.epochs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    crit = torch.nn.CrossEntropyLoss()
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    steps = (len(x) + 63) // 64
+    t0 = time.perf_counter()
+    model.train()
+    for i in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = 0.05 * (1 - i / steps)
+        idx = order[i * 64:(i + 1) * 64]
+        opt.zero_grad()
+        crit(model(x[idx]), y[idx]).backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        acc = float((model(xt).argmax(1) == yt).float().mean())
+    tmp = path + ".tmp"
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, path)
+    return acc, time.perf_counter() - t0
 
 
-def print_table(rows):
-    print("\n| framework | backend | last-epoch train loss | test acc | ms/step (median) | ms/step (mean) | train time (s) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['framework']} | {r['backend']} | {r['train_loss']:.4f} | {r['test_acc']:.4f} | "
-              f"{r['ms_step']:.2f} | {r['ms_step_mean']:.2f} | {r['train_s']:.1f} |")
-    if len(rows) == 2:
-        print(f"\nedgetrain / pytorch step time: {rows[0]['ms_step'] / rows[1]['ms_step']:.2f}x; "
-              f"test accuracy difference {rows[0]['test_acc'] - rows[1]['test_acc']:+.4f}")
+def _run(cmd, env):
+    """Prints the command as a user would type it, runs it, fails the demo on error."""
+    shown = ["edgetrain"] + cmd[3:] if cmd[1:3] == ["-m", "edgetrain"] else cmd
+    print("\n$ " + " ".join(shlex.quote(os.path.relpath(c) if os.path.isabs(c) else c)
+                            for c in shown), flush=True)
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"demo: `{' '.join(shown[:2])}` failed (exit status {r.returncode})")
+    return time.perf_counter() - t0
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=FASHION_DIR, help="directory of MNIST-format IDX files")
-    p.add_argument("--backend", default="onednn", help="edgetrain backend (default onednn)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="threads for both frameworks (default: all cores)")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch half")
+    p.add_argument("--out", default=os.path.join(REPO, "runs", "demo"),
+                   help="where the demo's files go (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                   help="threads of each framework (default 2)")
+    p.add_argument("--train-only", default="fc",
+                   help="parameter-name prefixes fine-tuned (default fc: fc1, fc2, fc3)")
+    p.add_argument("--data-dir", default=MNIST10K, help="the local data: MNIST-format digits")
     args = p.parse_args(argv)
-
-    # Same thread count for both. edgetrain's OpenMP runtime (oneDNN, C kernels) uses every
-    # core unless OMP_NUM_THREADS says otherwise; it is read when the extension loads.
-    if hasattr(et, "set_num_threads"):
-        et.set_num_threads(args.threads)
-    elif args.threads != (os.cpu_count() or 1) and os.environ.get("OMP_NUM_THREADS") != str(args.threads):
-        print(f"note: edgetrain's thread count is set by OMP_NUM_THREADS before start-up; "
-              f"run OMP_NUM_THREADS={args.threads} python -m edgetrain.demo --threads {args.threads}")
-    if args.backend not in et.backends():
-        print(f"backend {args.backend!r} not available here (have {et.backends()}); "
-              f"using {et.backends()[-1]!r}")
-        args.backend = et.backends()[-1]
+    for d, what in ((FASHION_DIR, "Fashion-MNIST (Debian's dataset-fashion-mnist: make apt)"),
+                    (args.data_dir, "the MNIST digits (--data-dir)")):
+        if not os.path.isdir(d):
+            print(f"demo: {what} not found at {d}", file=sys.stderr)
+            return 1
     try:
-        data = load_data(args.data)
-    except FileNotFoundError as e:
-        print(f"{e}\nInstall Debian's dataset-fashion-mnist (make apt) or pass --data DIR.", file=sys.stderr)
-        return 2
-    print(f"Fashion-MNIST: {len(data[0])} train / {len(data[2])} test images from {args.data}; "
-          f"LeNet+BN, SGD(lr={args.lr}, momentum=0.9), batch {args.batch_size}, "
-          f"{args.epochs} epoch(s), {args.threads} thread(s)")
-
-    et.manual_seed(args.seed)
-    init_state = {k: np.array(v, copy=True) for k, v in et.models.lenet().state_dict().items()}
-
-    rows = [run_edgetrain(data, init_state, args)]
-    if not args.no_torch:
-        r = run_torch(data, init_state, args)
-        if r is not None:
-            rows.append(r)
-    print_table(rows)
-    failed = [r["framework"] for r in rows if r["test_acc"] < TARGET_ACC]
-    if failed:
-        print(f"\nBELOW TARGET: {', '.join(failed)} under {TARGET_ACC} test accuracy")
+        import torch  # noqa: F401 - the cloud side of the scenario
+    except ImportError:
+        print("demo: the scenario starts from a PyTorch model, and torch is not installed "
+              "(pip install torch)", file=sys.stderr)
         return 1
-    print(f"\nall frameworks reached >= {TARGET_ACC} test accuracy")
+
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    pt = os.path.join(out, "lenet-fashion-mnist.pt")
+    tuned, cmp_dir = os.path.join(out, "finetune-int8"), os.path.join(out, "compare")
+    for d in (tuned, cmp_dir):                   # the demo's own outputs of an earlier run
+        shutil.rmtree(d, ignore_errors=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
+               OPENBLAS_NUM_THREADS=str(args.threads))
+    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+
+    print("== 1. in the cloud: LeNet trained on Fashion-MNIST in PyTorch, saved with "
+          "torch.save", flush=True)
+    acc_f, s_f = pretrain_in_torch(pt, args.threads)
+    print(f"Fashion-MNIST test accuracy {acc_f:.4f} after one epoch ({s_f:.1f} s) -> "
+          f"{os.path.relpath(pt)}")
+
+    common = ["--model", "lenet", "--data", "mnist", "--data-dir", args.data_dir,
+              "--init", pt, "--train-only", args.train_only, "--epochs", str(args.epochs),
+              "--batch-size", "64", "--lr", "0.05", "--seed", "0"]
+    print(f"\n== 2. on the device: imported with --init, layers '{args.train_only}' "
+          "fine-tuned on the local digits in int8 (conv layers frozen)", flush=True)
+    s_train = _run([sys.executable, "-m", "edgetrain", "train", *common, "--precision", "int8",
+                    "--out", tuned], env)
+
+    print("\n== 3. the same fine-tuning in PyTorch fp32 and edgetrain int8, side by side",
+          flush=True)
+    _run([sys.executable, "-m", "edgetrain", "compare", *common, "--precisions", "int8",
+          "--threads", str(args.threads), "--out", cmp_dir], env)
+
+    with open(os.path.join(cmp_dir, "compare.json")) as f:
+        runs = {r["precision"]: r for r in json.load(f)["runs"]}
+    with open(os.path.join(tuned, "metrics.jsonl")) as f:
+        last = [json.loads(line) for line in f][-1]
+    t, e = runs["torch-fp32"], runs["int8"]
+    print(f"\n== summary: LeNet from Fashion-MNIST (PyTorch) customized on "
+          f"{args.epochs} epoch(s) of MNIST digits, training only '{args.train_only}'")
+    print(f"{'':16}{'acc before':>12}{'acc after':>11}{'ms/step':>9}{'train s':>9}"
+          f"{'peak RSS MiB':>14}")
+    for name, r in (("PyTorch fp32", t), ("edgetrain int8", e)):
+        print(f"{name:16}{r['before']['test_acc']:>12.4f}{r['test_acc']:>11.4f}"
+              f"{r['ms_step_median']:>9.2f}{sum(x['train_s'] for x in r['epochs']):>9.1f}"
+              f"{r['peak_rss_bytes'] / 2**20:>14.0f}")
+    print(f"edgetrain / PyTorch time per step: {e['ms_step_median'] / t['ms_step_median']:.2f}x;"
+          f" accuracy {100 * (e['test_acc'] - t['test_acc']):+.2f} pp")
+    print(f"`edgetrain train` above: test accuracy {last['test_accuracy']:.4f} in "
+          f"{s_train:.1f} s (the same run as compare's edgetrain int8: "
+          f"{'identical' if abs(last['test_accuracy'] - e['test_acc']) < 1e-12 else 'DIFFERENT'}"
+          f" accuracy); files in {os.path.relpath(out)}")
+    if e["test_acc"] < TARGET_ACC:
+        print(f"demo: edgetrain's fine-tuned accuracy {e['test_acc']:.4f} is below the target "
+              f"{TARGET_ACC}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -545,3 +545,90 @@ def test_other_user_errors(run_dir, mnist10k_dir, tmp_path):
     assert_one_line_error(rc, err, "no checkpoint")
     rc, _, err = run_cli("train", "--epochs", "0", "--out", tmp_path / "o")
     assert rc == 2 and "positive integer" in err
+
+
+# -- compare ----------------------------------------------------------------------
+def _compare_runs(out):
+    doc = json.loads((Path(out) / "compare.json").read_text())
+    return doc, {r["precision"]: r for r in doc["runs"]}
+
+
+def test_compare_matches_train_and_pytorch(mnist10k_dir, run_dir, tmp_path):
+    """compare's edgetrain int8 run is `edgetrain train`'s run with the same options
+    (same init, batch order and stochastic-rounding seeds): the same test loss and
+    accuracy, exactly. Its PyTorch fp32 run starts from the same weights and sees
+    the same batches, so edgetrain fp32 follows it (per-epoch train loss within
+    2e-3 relative: the fp32 training-parity tolerance is 1e-3 per step on 20
+    steps, here 32 steps; test accuracy within 1 pp)."""
+    train_dir, _, _ = run_dir
+    out = tmp_path / "cmp"
+    rc, stdout, stderr = run_sub("compare", "--model", "lenet", "--data", "mnist", "--data-dir",
+                                 mnist10k_dir, "--epochs", 2, "--precisions", "fp32,int8",
+                                 "--threads", 2, "--out", out, *QUICK)
+    assert rc == 0, stderr
+    for name in ("pytorch fp32", "edgetrain fp32", "edgetrain int8", "ms/step", "peak RSS"):
+        assert name in stdout
+    doc, runs = _compare_runs(out)
+    assert list(runs) == ["torch-fp32", "fp32", "int8"]
+    assert doc["recipe"]["n_train"] == 1000 and doc["recipe"]["n_test"] == 500
+    assert doc["machine"]["threads"] == 2
+    train_metrics = [json.loads(line) for line in (train_dir / "metrics.jsonl").read_text().splitlines()]
+    for m, e in zip(train_metrics, runs["int8"]["epochs"]):
+        assert e["test_acc"] == m["test_accuracy"]
+        assert e["test_loss"] == pytest.approx(m["test_loss"], rel=1e-12, abs=0)
+    t, f = runs["torch-fp32"], runs["fp32"]
+    for et_ep, t_ep in zip(f["epochs"], t["epochs"]):
+        assert abs(et_ep["train_loss"] - t_ep["train_loss"]) <= 2e-3 * t_ep["train_loss"]
+    assert abs(f["test_acc"] - t["test_acc"]) <= 0.01
+    for r in runs.values():
+        assert r["before"] is None                       # no --init: nothing to report
+        assert len(r["step_losses"]) == 2 * 16 and r["ms_step_median"] > 0
+        assert r["peak_rss_bytes"] > r["peak_saved_activation_bytes"] > 0
+    # int8 keeps a quarter of fp32's saved activations (plus per-tensor scales)
+    assert runs["int8"]["peak_saved_activation_bytes"] < 0.3 * f["peak_saved_activation_bytes"]
+    assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "compare.md").read_text()
+    assert "| edgetrain int8 |" in md and "AMD" in md or "Intel" in md or "cpu" in md
+    assert no_temporaries(out)
+
+
+def test_compare_init_from_torch_and_train_only(mnist10k_dir, tmp_path):
+    """--init from a torch.save'd state_dict and --train-only fc3 in both frameworks:
+    both report the accuracy of the imported weights before training (the same
+    weights: equal up to an fp32 tie), and only fc3 moves (the frozen layers' saved
+    activations are not needed for a weight gradient, so fc3's input alone is held)."""
+    torch = pytest.importorskip("torch")
+    from edgetrain.models.torch_reference import TorchLeNet
+
+    torch.manual_seed(3)
+    pt = tmp_path / "lenet.pt"
+    torch.save(TorchLeNet().state_dict(), pt)
+    out = tmp_path / "cmp"
+    rc, stdout, stderr = run_sub("compare", "--model", "lenet", "--data", "mnist", "--data-dir",
+                                 mnist10k_dir, "--epochs", 1, "--precisions", "fp32",
+                                 "--init", pt, "--train-only", "fc3", "--threads", 2,
+                                 "--train-subset", 512, "--test-subset", 256, "--no-progress",
+                                 "--out", out)
+    assert rc == 0, stderr
+    assert "acc before" in stdout
+    _, runs = _compare_runs(out)
+    t, f = runs["torch-fp32"], runs["fp32"]
+    assert abs(t["before"]["test_acc"] - f["before"]["test_acc"]) <= 1 / 256
+    assert t["before"]["test_loss"] == pytest.approx(f["before"]["test_loss"], rel=1e-4)
+    assert f["test_loss"] < f["before"]["test_loss"]   # fc3 learns (8 steps on random features)
+    assert t["test_loss"] == pytest.approx(f["test_loss"], rel=1e-3)
+    assert f["peak_saved_activation_bytes"] == 64 * 84 * 4   # fc3's fp32 input, batch 64
+    assert abs(f["epochs"][0]["train_loss"] - t["epochs"][0]["train_loss"]) <= 2e-3 * t["epochs"][0]["train_loss"]
+
+
+def test_compare_user_errors(mnist10k_dir, tmp_path):
+    rc, _, err = run_cli("compare", "--data", "mnist", "--data-dir", mnist10k_dir,
+                         "--precisions", "fp32,int4", "--out", tmp_path / "a")
+    assert_one_line_error(rc, err, "--precisions", "int4")
+    rc, _, err = run_cli("compare", "--data", "mnist", "--data-dir", tmp_path / "nowhere",
+                         "--out", tmp_path / "b")
+    assert_one_line_error(rc, err, "nowhere")
+    rc, _, err = run_cli("compare", "--data", "mnist", "--data-dir", mnist10k_dir,
+                         "--train-only", "conv9", "--out", tmp_path / "c")
+    assert_one_line_error(rc, err, "conv9")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

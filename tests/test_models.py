@@ -11,7 +11,7 @@ import pytest
 import edgetrain as et
 
 torch = pytest.importorskip("torch", reason="torch is the reference for model parity")
-from torch_ref import TorchLeNet, torch_resnet, torch_state_numpy  # noqa: E402
+from edgetrain.models.torch_reference import TorchLeNet, torch_resnet, torch_state_numpy  # noqa: E402
 
 RTOL_LOGITS = 1e-4
 

@@ -37,7 +37,7 @@ import edgetrain as et
 from edgetrain.data import DataLoader, load_mnist
 
 torch = pytest.importorskip("torch", reason="torch is the reference for training parity")
-from torch_ref import TorchLeNet, torch_resnet, torch_state_numpy  # noqa: E402
+from edgetrain.models.torch_reference import TorchLeNet, torch_resnet, torch_state_numpy  # noqa: E402
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 

@@ -1,6 +1,10 @@
-"""Reference models in plain torch.nn (no torchvision), torchvision's layout and key names.
+"""PyTorch twins of edgetrain.models, in plain torch.nn (no torchvision), with
+torchvision's layout and edgetrain's state_dict key names: a state_dict moves
+between the two frameworks as is.
 
-Used by test_models.py and test_training_parity.py (imported only from tests).
+The PyTorch side of `edgetrain compare`, the demo, the benchmarks and the parity
+tests. Importing this module imports torch; nothing in edgetrain imports it
+except those (PyTorch is never a runtime dependency of edgetrain).
 """
 from __future__ import annotations
 
@@ -124,6 +128,17 @@ ARCHS = {
 def torch_resnet(name, **kw):
     block, layers = ARCHS[name]
     return TorchResNet(block, layers, **kw)
+
+
+def torch_model(name, num_classes=10, in_channels=1, small_input=True):
+    """The twin of edgetrain.cli's `build_model(name, num_classes)`: lenet, or a
+    resnet with the 3x3 stem (small_input) for 28x28 images."""
+    if name == "lenet":
+        return TorchLeNet(num_classes=num_classes, in_channels=in_channels)
+    if name not in ARCHS:
+        raise ValueError(f"torch_model: unknown model {name!r} (lenet, {', '.join(ARCHS)})")
+    return torch_resnet(name, num_classes=num_classes, in_channels=in_channels,
+                        small_input=small_input)
 
 
 def torch_state_numpy(model):
