@@ -632,3 +632,81 @@ def test_compare_user_errors(mnist10k_dir, tmp_path):
                          "--train-only", "conv9", "--out", tmp_path / "c")
     assert_one_line_error(rc, err, "conv9")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# -- export -------------------------------------------------------------------------
+def _onnx_logits(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_export_run_round_trips_through_onnxruntime(mnist10k_dir, run_dir, tmp_path):
+    """`edgetrain export` of the int8 run: onnxruntime's logits on 200 normalised test
+    digits equal edgetrain's fp32 forward of the checkpoint within 1e-4 (the issue's
+    tolerance), computed here independently of the command's own check."""
+    pytest.importorskip("onnx")
+    train_dir, _, _ = run_dir
+    out = tmp_path / "lenet.onnx"
+    rc, stdout, stderr = run_cli("export", train_dir, "--out", out)
+    assert rc == 0, stderr
+    assert "max |logit difference|" in stdout
+    ck = et.load(train_dir / "checkpoint.et")
+    model = et.models.lenet()
+    model.load_state_dict(ck["model"])
+    model.eval()
+    images, _ = et.data.load_mnist(mnist10k_dir, train=False)
+    mean, std = ck["normalization"]
+    x = ((images[:200].astype(np.float32) / 255 - np.float32(mean)) / np.float32(std))[:, None]
+    x = np.ascontiguousarray(x)
+    with et.no_grad():
+        want = np.asarray(model(et.from_numpy(x)).numpy())
+    got = _onnx_logits(out, x)
+    assert got.shape == (200, 10)
+    assert np.max(np.abs(got - want)) <= 1e-4
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["edgetrain.model"] == "lenet"
+    assert props["edgetrain.normalization"] == f"{mean},{std}"
+
+
+def test_export_bare_state_dict_resnet18(tmp_path):
+    """A bare et.save'd resnet18 state_dict with --model (BatchNorm running statistics
+    moved away from 0/1 by train-mode forwards, so the eval-mode BN is exercised)."""
+    pytest.importorskip("onnx")
+    et.manual_seed(5)
+    model = et.models.resnet18(num_classes=10, in_channels=1, small_input=True)
+    with et.no_grad():
+        for _ in range(2):
+            model(et.from_numpy(np.random.default_rng(1).standard_normal((4, 1, 28, 28), dtype=np.float32)))
+    et.save(model.state_dict(), tmp_path / "r18.et")
+    out = tmp_path / "r18.onnx"
+    rc, stdout, stderr = run_cli("export", tmp_path / "r18.et", "--model", "resnet18", "--out", out)
+    assert rc == 0, stderr
+    model.eval()
+    x = np.random.default_rng(2).standard_normal((3, 1, 28, 28), dtype=np.float32)
+    with et.no_grad():
+        want = np.asarray(model(et.from_numpy(x)).numpy())
+    assert np.max(np.abs(_onnx_logits(out, x) - want)) <= 1e-4
+
+
+def test_export_user_errors(run_dir, tmp_path):
+    train_dir, _, _ = run_dir
+    et.save({"conv1.weight": np.zeros((6, 1, 5, 5), np.float32)}, tmp_path / "bare.et")
+    rc, _, err = run_cli("export", tmp_path / "bare.et", "--out", tmp_path / "a.onnx")
+    assert_one_line_error(rc, err, "--model")
+    rc, _, err = run_cli("export", tmp_path / "bare.et", "--model", "lenet", "--out", tmp_path / "a.onnx")
+    assert_one_line_error(rc, err, "does not fit")
+    rc, _, err = run_cli("export", train_dir, "--model", "resnet18", "--out", tmp_path / "a.onnx")
+    assert_one_line_error(rc, err, "lenet")
+    rc, _, err = run_cli("export", train_dir, "--out", tmp_path / "missing" / "a.onnx")
+    assert_one_line_error(rc, err, "does not exist")
+    bad = tmp_path / "bad.et"
+    data = bytearray((train_dir / "checkpoint.et").read_bytes())
+    data[len(data) // 2] ^= 0x40
+    bad.write_bytes(bytes(data))
+    rc, _, err = run_cli("export", bad, "--out", tmp_path / "a.onnx")
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "a.onnx").exists() and no_temporaries(tmp_path)
