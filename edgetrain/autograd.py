@@ -179,18 +179,25 @@ def run_backward(root, grad, retain_graph=False):
         if root.requires_grad:           # a leaf: d root / d root
             _accumulate_leaf(root, grad)
         return
-    # Topological order of the nodes reachable from root (iterative DFS).
-    order, seen = [], {id(root.grad_fn)}
+    # Topological order of the nodes reachable from root: iterative DFS post-order.
+    # A node is marked when it is expanded, not when it is pushed: a node pushed
+    # by one consumer but first reached through a longer path (y + f(y), where y
+    # is the Add's first input: MobileNetV2's x + conv(x)) must be expanded, and so
+    # finished, inside that path, or it would be processed before f's gradient
+    # reaches it and lose it. A stale second entry is skipped when popped.
+    order, expanded = [], set()
     stack = [(root.grad_fn, False)]
     while stack:
         node, done = stack.pop()
         if done:
             order.append(node)
             continue
+        if id(node) in expanded:
+            continue
+        expanded.add(id(node))
         stack.append((node, True))
         for t in node.inputs:
-            if t is not None and t.grad_fn is not None and id(t.grad_fn) not in seen:
-                seen.add(id(t.grad_fn))
+            if t is not None and t.grad_fn is not None and id(t.grad_fn) not in expanded:
                 stack.append((t.grad_fn, False))
     grads = {id(root.grad_fn): grad}
     for node in reversed(order):         # consumers before producers

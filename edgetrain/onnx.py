@@ -11,11 +11,12 @@
 
 Supported modules: Sequential, Conv2d (zeros padding, ints / "same" / "valid",
 stride, dilation, groups), Linear, BatchNorm1d / BatchNorm2d (with running
-statistics), ReLU, Softmax, LogSoftmax, MaxPool2d, AvgPool2d (both incl.
-ceil_mode), AdaptiveAvgPool2d (output sizes that divide the input), Flatten,
-Unflatten, Dropout, Identity, and the model classes LeNet, ResNet, BasicBlock,
-Bottleneck. Any other module type raises UnsupportedError (a NotImplementedError)
-naming its path and type; `register_converter` adds one.
+statistics), ReLU, ReLU6 (Clip 0..6), Softmax, LogSoftmax, MaxPool2d, AvgPool2d
+(both incl. ceil_mode), AdaptiveAvgPool2d (output sizes that divide the input),
+Flatten, Unflatten, Dropout, Identity, and the model classes LeNet, ResNet,
+BasicBlock, Bottleneck, MobileNetV2, InvertedResidual (Conv2dNormActivation is
+a Sequential). Any other module type raises UnsupportedError (a
+NotImplementedError) naming its path and type; `register_converter` adds one.
 
 How it works, and why:
 - Modules, not ops. A converter per module type (a registry keyed by class)
@@ -68,6 +69,7 @@ from .autograd import no_grad
 from .checkpoint import atomic_write
 from .errors import ShapeError, UnsupportedError
 from .models.lenet import LeNet
+from .models.mobilenet import InvertedResidual, MobileNetV2
 from .models.resnet import BasicBlock, Bottleneck, ResNet
 from .precision import precision as _precision
 from .tensor import Tensor, tensor as _tensor
@@ -301,6 +303,14 @@ def _relu(ctx, m, x, path):
     return ctx.op("Relu", [x], m(x.tensor), path)
 
 
+@register_converter(nn.ReLU6)
+def _relu6(ctx, m, x, path):
+    # Clip (opset 11+) takes min / max as scalar inputs, not attributes
+    lo = ctx.const(np.asarray(0.0, np.float32), path, "min")
+    hi = ctx.const(np.asarray(6.0, np.float32), path, "max")
+    return ctx.op("Clip", [x, lo, hi], m(x.tensor), path)
+
+
 @register_converter(nn.Softmax)
 @register_converter(nn.LogSoftmax)
 def _softmax(ctx, m, x, path):
@@ -437,6 +447,25 @@ def _resnet(ctx, m, x, path):
         x = ctx.child(m, name, x, path)
     x = ctx.flatten(x, 1, -1, path)
     return ctx.child(m, "fc", x, path)
+
+
+@register_converter(InvertedResidual)
+def _inverted_residual(ctx, m, x, path):
+    out = ctx.child(m, "conv", x, path)
+    if not m.use_res_connect:
+        return out
+    # x + conv(x), in forward()'s operand order
+    return ctx.op("Add", [x, out], x.tensor + out.tensor, path)
+
+
+@register_converter(MobileNetV2)
+def _mobilenet_v2(ctx, m, x, path):
+    x = ctx.child(m, "features", x, path)
+    # forward() calls F.adaptive_avg_pool2d(x, (1, 1)): (N, C, H, W) -> (N, C, 1, 1)
+    x = ctx.op("GlobalAveragePool", [x], nn.functional.adaptive_avg_pool2d(x.tensor, (1, 1)),
+               path)
+    x = ctx.flatten(x, 1, -1, path)
+    return ctx.child(m, "classifier", x, path)
 
 
 # ---------------------------------------------------------------------------

@@ -191,6 +191,32 @@ def test_relu():
     check_layer(et.nn.ReLU(inplace=True), torch.nn.ReLU(), x[0, 0], BACKENDS[0])
 
 
+def test_relu6():
+    x = (3 * np.random.default_rng(3).standard_normal((3, 4, 5, 6)) + 3).astype(np.float32)
+    assert (x < 0).any() and (x > 6).any()
+    # at exactly 0 and 6 torch's gradient is 0 (hardtanh's: not (x <= 0 or x >= 6))
+    x[0, 0, 0, :4] = [0.0, 6.0, -0.0, np.nextafter(np.float32(6), np.float32(0))]
+    check_layer(et.nn.ReLU6(), torch.nn.ReLU6(), x, BACKENDS[0])
+    check_layer(et.nn.ReLU6(inplace=True), torch.nn.ReLU6(), x[0, 0], BACKENDS[0])
+    v = np.array([-1, 0, 3, 6, 7, np.nan, np.inf, -np.inf], np.float32)
+    xe, xt = et.tensor(v, requires_grad=True), torch.tensor(v, requires_grad=True)
+    ye, yt = et.nn.functional.relu6(xe), torch.nn.functional.relu6(xt)
+    np.testing.assert_array_equal(ye.detach().numpy(), yt.detach().numpy())   # NaN stays NaN
+    ye.sum().backward()
+    yt.sum().backward()
+    np.testing.assert_array_equal(xe.grad.numpy(), xt.grad.numpy())           # 1 at NaN, as torch
+    h = np.random.default_rng(4).standard_normal(20).astype(np.float32)
+    np.testing.assert_array_equal(
+        et.nn.functional.hardtanh(et.tensor(h), -0.5, 0.5).numpy(),
+        torch.nn.functional.hardtanh(torch.from_numpy(h), -0.5, 0.5).numpy())
+    t = et.tensor(v)                     # in place when no graph is recorded
+    assert et.nn.functional.relu6(t, inplace=True) is t and np.nanmax(t.numpy()) == 6
+    with pytest.raises(ValueError, match="min_val cannot be greater than max_val"):
+        et.nn.functional.hardtanh(et.tensor(h), 1.0, 0.0)
+    with pytest.raises(et.errors.DtypeError, match="relu6"):
+        et.nn.functional.relu6(et.tensor([1, 2], dtype="int64"))
+
+
 # (k, stride, padding, dilation, ceil_mode, H, W)
 MAXPOOL_CONFIGS = [(2, None, 0, 1, False, 8, 8), (3, 2, 1, 1, False, 7, 9),
                    (3, 2, 0, 1, True, 8, 8), (2, 1, 0, 2, False, 6, 5),
@@ -348,6 +374,7 @@ def test_layer_reprs_match_torch():
              (et.nn.Linear(3, 2), torch.nn.Linear(3, 2)),
              (et.nn.BatchNorm2d(4), torch.nn.BatchNorm2d(4)),
              (et.nn.ReLU(), torch.nn.ReLU()), (et.nn.ReLU(inplace=True), torch.nn.ReLU(inplace=True)),
+             (et.nn.ReLU6(), torch.nn.ReLU6()), (et.nn.ReLU6(inplace=True), torch.nn.ReLU6(inplace=True)),
              (et.nn.MaxPool2d(2), torch.nn.MaxPool2d(2)),
              (et.nn.AvgPool2d(3, 2, 1), torch.nn.AvgPool2d(3, 2, 1)),
              (et.nn.AdaptiveAvgPool2d((1, 1)), torch.nn.AdaptiveAvgPool2d((1, 1))),

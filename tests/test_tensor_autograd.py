@@ -122,6 +122,25 @@ def test_shared_subexpression_and_diamond():
     np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy(), rtol=1e-6)
 
 
+def test_shared_input_reached_first_through_the_longer_path():
+    """y + f(y) with y the Add's FIRST input (MobileNetV2's x + conv(x)): y's node
+    must wait for f's gradient. A DFS that marks nodes when pushed processed y
+    before f, losing f's contribution (1 instead of 7 below)."""
+    x = et.tensor([0.5, -1.0], requires_grad=True)
+    y = x * 1.0
+    z = y + (y * 2) * 3                      # dz/dx = 1 + 6
+    z.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [7.0, 7.0])
+    x.grad = None
+    y = x * 1.0
+    w = y + ((y * 2).relu() + y * 2)        # two long paths and the short one
+    w.sum().backward()
+    xt = torch.tensor([0.5, -1.0], requires_grad=True)
+    yt = xt * 1.0
+    (yt + ((yt * 2).relu() + yt * 2)).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), xt.grad.numpy())
+
+
 def test_deep_graph_no_recursion_limit():
     x = et.tensor([1.0], requires_grad=True)
     y = x

@@ -15,7 +15,7 @@ import numpy as np
 import edgetrain as et
 from ..checkpoint import MAGIC, atomic_write
 
-MODELS = ("lenet", "resnet18", "resnet34", "resnet50")
+MODELS = ("lenet", "resnet18", "resnet34", "resnet50", "mobilenet_v2")
 PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-mixed")
 DATASETS = ("fashion-mnist", "mnist", "idx")
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"   # Debian's dataset-fashion-mnist
@@ -135,7 +135,8 @@ def build_model(name, num_classes):
     if name == "lenet":
         return et.models.lenet(num_classes=num_classes, in_channels=1)
     builder = getattr(et.models, name)
-    # 28x28 grayscale: one input channel, the CIFAR-style stem (3x3 conv, no max-pool)
+    # 28x28 grayscale: one input channel, small_input: the resnets' CIFAR-style stem
+    # (3x3 conv, no max-pool), mobilenet_v2's stride-1 first conv (last block at 2x2)
     return builder(num_classes=num_classes, in_channels=1, small_input=True)
 
 

@@ -118,6 +118,78 @@ class TorchResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+def _make_divisible(v, divisor, min_value=None):
+    """torchvision's channel rounding (models/_utils.py)."""
+    min_value = divisor if min_value is None else min_value
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+class Conv2dNormActivation(nn.Sequential):
+    """torchvision.ops.Conv2dNormActivation as MobileNetV2 builds it: 0 conv, 1 BN, 2 ReLU6."""
+
+    def __init__(self, inp, oup, kernel_size=3, stride=1, groups=1):
+        super().__init__(
+            nn.Conv2d(inp, oup, kernel_size, stride, (kernel_size - 1) // 2, groups=groups,
+                      bias=False),
+            nn.BatchNorm2d(oup),
+            nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, inp, oup, stride, expand_ratio):
+        super().__init__()
+        hidden = int(round(inp * expand_ratio))
+        self.use_res_connect = stride == 1 and inp == oup
+        layers = [Conv2dNormActivation(inp, hidden, kernel_size=1)] if expand_ratio != 1 else []
+        layers += [Conv2dNormActivation(hidden, hidden, stride=stride, groups=hidden),
+                   nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+                   nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+class TorchMobileNetV2(nn.Module):
+    """torchvision.models.MobileNetV2 (default setting), plus in_channels and
+    small_input (first conv stride 1), as edgetrain.models.MobileNetV2."""
+
+    SETTING = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+               (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
+
+    def __init__(self, num_classes=1000, in_channels=3, width_mult=1.0, small_input=False,
+                 dropout=0.2, round_nearest=8):
+        super().__init__()
+        inp = _make_divisible(32 * width_mult, round_nearest)
+        self.last_channel = _make_divisible(1280 * max(1.0, width_mult), round_nearest)
+        features = [Conv2dNormActivation(in_channels, inp, stride=1 if small_input else 2)]
+        for t, c, n, s in self.SETTING:
+            oup = _make_divisible(c * width_mult, round_nearest)
+            for i in range(n):
+                features.append(InvertedResidual(inp, oup, s if i == 0 else 1, t))
+                inp = oup
+        features.append(Conv2dNormActivation(inp, self.last_channel, kernel_size=1))
+        self.features = nn.Sequential(*features)
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout),
+                                        nn.Linear(self.last_channel, num_classes))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = nn.functional.adaptive_avg_pool2d(self.features(x), (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
 ARCHS = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),
     "resnet34": (BasicBlock, [3, 4, 6, 3]),
@@ -132,11 +204,16 @@ def torch_resnet(name, **kw):
 
 def torch_model(name, num_classes=10, in_channels=1, small_input=True):
     """The twin of edgetrain.cli's `build_model(name, num_classes)`: lenet, or a
-    resnet with the 3x3 stem (small_input) for 28x28 images."""
+    resnet with the 3x3 stem / mobilenet_v2 with a stride-1 first conv
+    (small_input) for 28x28 images."""
     if name == "lenet":
         return TorchLeNet(num_classes=num_classes, in_channels=in_channels)
+    if name == "mobilenet_v2":
+        return TorchMobileNetV2(num_classes=num_classes, in_channels=in_channels,
+                                small_input=small_input)
     if name not in ARCHS:
-        raise ValueError(f"torch_model: unknown model {name!r} (lenet, {', '.join(ARCHS)})")
+        raise ValueError(f"torch_model: unknown model {name!r} "
+                         f"(lenet, mobilenet_v2, {', '.join(ARCHS)})")
     return torch_resnet(name, num_classes=num_classes, in_channels=in_channels,
                         small_input=small_input)
 

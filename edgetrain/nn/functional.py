@@ -20,7 +20,7 @@ from ..errors import DtypeError, ShapeError, UnsupportedError
 from ..random import default_generator
 from ..tensor import Tensor, _t
 
-__all__ = ["conv2d", "linear", "relu", "relu_", "max_pool2d", "avg_pool2d",
+__all__ = ["conv2d", "linear", "relu", "relu_", "relu6", "hardtanh", "max_pool2d", "avg_pool2d",
            "adaptive_avg_pool2d", "batch_norm", "dropout", "log_softmax", "softmax",
            "cross_entropy", "nll_loss", "flatten", "pad", "mse_loss", "one_hot"]
 
@@ -302,6 +302,48 @@ def relu(input, inplace=False):
 
 def relu_(input):
     return relu(input, inplace=True)
+
+
+class _Hardtanh(Function):
+    """y = clip(x, lo, hi). PyTorch's gradient: dy where NOT (x <= lo or x >= hi),
+    so 0 at exactly lo and hi (unlike clamp's, which passes them) and dy at NaN.
+    Saves a bool mask (1 byte per element), not x."""
+    @staticmethod
+    def forward(ctx, x, lo, hi):
+        lo, hi = np.float32(lo), np.float32(hi)
+        if _recording(ctx):
+            mask = np.less_equal(x, lo)
+            np.logical_or(mask, np.greater_equal(x, hi), out=mask)
+            np.logical_not(mask, out=mask)
+            ctx.save_for_backward(mask)
+        return np.clip(x, lo, hi)           # NaN stays NaN, as PyTorch's
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved_tensors[0], None, None
+
+
+def hardtanh(input, min_val=-1.0, max_val=1.0, inplace=False):
+    """clip(x, min_val, max_val); gradient 0 at and outside the bounds (PyTorch's)."""
+    _check_float(input, "hardtanh")
+    for name, v in (("min_val", min_val), ("max_val", max_val)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"hardtanh: {name} must be a real number, got {v!r}")
+    if min_val > max_val:
+        raise ValueError(f"hardtanh: min_val cannot be greater than max_val, got "
+                         f"min_val={min_val}, max_val={max_val}")
+    y = _Hardtanh.apply(input, float(min_val), float(max_val))
+    if inplace and not input.requires_grad and y.grad_fn is None:
+        input._data[...] = y._data
+        return input
+    return y
+
+
+def relu6(input, inplace=False):
+    """min(max(0, x), 6) (MobileNetV2's activation); PyTorch's gradient: dy on
+    0 < x < 6, 0 at exactly 0 and 6 and outside."""
+    _check_float(input, "relu6")
+    return hardtanh(input, 0.0, 6.0, inplace=inplace)
 
 
 # ---------------------------------------------------------------------------
