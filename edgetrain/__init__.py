@@ -7,8 +7,8 @@ core's queue to a forward-only backend (ref / blas / onednn).
 import builtins as _builtins
 
 from . import _C
-from .errors import (BackendError, CheckpointError, DtypeError, EdgetrainError, ShapeError,
-                     StateDictError, UnsupportedError)
+from .errors import (AnomalyError, BackendError, CheckpointError, DtypeError, EdgetrainError,
+                     GradcheckError, ShapeError, StateDictError, UnsupportedError)
 from .random import manual_seed, seed, initial_seed, default_generator
 from .backend import (backends, set_backend, get_backend, backend, cache_stats,
                       set_cache_capacity, clear_cache)
@@ -16,6 +16,7 @@ from .precision import (set_precision, get_precision, precision, set_int8_reduce
                         int8_reduce_range,
                         saved_activation_bytes)
 from .autograd import Function, no_grad, enable_grad, set_grad_enabled, is_grad_enabled
+from .anomaly import set_anomaly_detection, is_anomaly_enabled  # et.autograd.detect_anomaly too
 from .tensor import (Tensor, tensor, as_tensor, from_numpy, zeros, ones, empty, full,
                      zeros_like, ones_like, full_like, randn, rand, randint, randperm,
                      arange, linspace, eye, cat, concat, stack, matmul, maximum, minimum,

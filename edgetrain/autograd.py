@@ -130,6 +130,8 @@ class Function:
         out = cls.forward(ctx, *raw, **kwargs)
         if not isinstance(out, np.ndarray):
             out = np.asarray(out)
+        if _anomaly_enabled:             # et.set_anomaly_detection (anomaly.py)
+            _anomaly_forward(ctx, args, out)
         if record:
             ctx.inputs = tuple(a if isinstance(a, Tensor) else None for a in args)
             t = Tensor._wrap(out, requires_grad=True)
@@ -213,6 +215,8 @@ def run_backward(root, grad, retain_graph=False):
             in_grads = (in_grads,)
         if len(in_grads) < len(node.inputs):
             in_grads = in_grads + (None,) * (len(node.inputs) - len(in_grads))
+        if _anomaly_enabled:             # et.set_anomaly_detection (anomaly.py)
+            _anomaly_backward(node, g, in_grads, node is root.grad_fn)
         for t, ig in zip(node.inputs, in_grads):
             if t is None or ig is None or not t.requires_grad:
                 continue
@@ -231,5 +235,16 @@ def run_backward(root, grad, retain_graph=False):
             node._freed = True
 
 
+# Anomaly detection (edgetrain/anomaly.py) and gradcheck (edgetrain/gradcheck.py)
+# live in their own files; they are re-exported here because PyTorch users look
+# for them under torch.autograd. When anomaly detection is off, the only cost
+# is the two `if _anomaly_enabled:` tests above (a module global).
+_anomaly_enabled = False
+from .anomaly import (check_forward as _anomaly_forward,  # noqa: E402
+                      check_backward as _anomaly_backward,
+                      detect_anomaly, set_detect_anomaly, is_anomaly_enabled)
+from .gradcheck import gradcheck  # noqa: E402
+
 __all__ = ["Function", "no_grad", "enable_grad", "set_grad_enabled",
-           "is_grad_enabled"]
+           "is_grad_enabled", "detect_anomaly", "set_detect_anomaly",
+           "is_anomaly_enabled", "gradcheck"]

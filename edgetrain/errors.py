@@ -12,6 +12,11 @@ kernel and one raised by Python code are caught by the same `except`:
         (RuntimeError too, because PyTorch raises RuntimeError there)
     CheckpointError(EdgetrainError, ValueError)     et.load: not a checkpoint,
         truncated, corrupted (checksum) or an unsupported format version
+    AnomalyError(EdgetrainError, RuntimeError)      anomaly detection found a
+        NaN/Inf (edgetrain/anomaly.py); RuntimeError, as torch's
+    GradcheckError(EdgetrainError, RuntimeError)    et.autograd.gradcheck:
+        analytical and numerical Jacobians differ (torch's GradcheckError is
+        a RuntimeError too)
 """
 from . import _C
 
@@ -31,5 +36,16 @@ class CheckpointError(EdgetrainError, ValueError):
     supported version; the message names the file and what is wrong."""
 
 
+class AnomalyError(EdgetrainError, RuntimeError):
+    """et.set_anomaly_detection(True): a NaN/Inf appeared; the message names
+    the first operation (forward) or `<op>.backward` that produced it."""
+
+
+class GradcheckError(EdgetrainError, RuntimeError):
+    """et.autograd.gradcheck(): the analytical Jacobian (backward) differs from
+    the finite-difference one; the message names the worst element."""
+
+
 __all__ = ["EdgetrainError", "ShapeError", "DtypeError", "UnsupportedError",
-           "BackendError", "StateDictError", "CheckpointError"]
+           "BackendError", "StateDictError", "CheckpointError", "AnomalyError",
+           "GradcheckError"]
