@@ -25,6 +25,7 @@ from . import autograd, random, tensor as _tensor_module  # noqa: F401
 from . import nn, optim, models, data
 from . import amp  # noqa: F401  (et.amp.GradScaler)
 from . import checkpoint  # noqa: F401
+from . import profiler  # noqa: F401  (et.profiler.profile, record_function)
 from . import onnx  # noqa: F401  (et.onnx.export; imports the onnx package only when called)
 from .checkpoint import save, load
 

@@ -22,10 +22,21 @@ the leaves' `.grad` and frees the saved arrays unless `retain_graph=True`.
 """
 import contextlib
 import functools
+import threading
+import time
 
 import numpy as np
 
 _grad_enabled = True
+
+# The running profile's event list (edgetrain.profiler), None when off. Off,
+# the instrumentation below is this one `is None` check per forward / backward;
+# on, each op appends one tuple (kind, what, pass, t0_ns, t1_ns, thread id).
+# Timestamps: time.monotonic_ns (CLOCK_MONOTONIC, the clock of the C records);
+# thread id: threading.get_ident (pthread_self, as the C records; no syscall).
+_profiler = None
+_now = time.monotonic_ns
+_thread_id = threading.get_ident
 
 
 def is_grad_enabled():
@@ -127,7 +138,14 @@ class Function:
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
         record = _grad_enabled and any(needs)
         ctx.needs_input_grad = needs
-        out = cls.forward(ctx, *raw, **kwargs)
+        if _profiler is None:
+            out = cls.forward(ctx, *raw, **kwargs)
+        else:
+            ev, t0 = _profiler, _now()
+            try:
+                out = cls.forward(ctx, *raw, **kwargs)
+            finally:
+                ev.append(("op", cls, "fwd", t0, _now(), _thread_id()))
         if not isinstance(out, np.ndarray):
             out = np.asarray(out)
         if _anomaly_enabled:             # et.set_anomaly_detection (anomaly.py)
@@ -177,6 +195,18 @@ _FREED_MSG = ("Trying to backward through the graph a second time (or directly "
 
 def run_backward(root, grad, retain_graph=False):
     """Backpropagates `grad` (ndarray shaped like root) from tensor `root`."""
+    if _profiler is None:
+        return _run_backward(root, grad, retain_graph)
+    # the whole walk as one range: its self time is the engine's own work
+    # (graph sort, gradient sums, leaf accumulation)
+    ev, t0 = _profiler, _now()
+    try:
+        return _run_backward(root, grad, retain_graph)
+    finally:
+        ev.append(("engine", "autograd.backward", "", t0, _now(), _thread_id()))
+
+
+def _run_backward(root, grad, retain_graph):
     if root.grad_fn is None:
         if root.requires_grad:           # a leaf: d root / d root
             _accumulate_leaf(root, grad)
@@ -210,7 +240,14 @@ def run_backward(root, grad, retain_graph=False):
             raise RuntimeError(_FREED_MSG)
         if node._retained is not None:
             _accumulate_leaf(node._retained, g)
-        in_grads = node.backward(node, g)
+        if _profiler is None:
+            in_grads = node.backward(node, g)
+        else:
+            ev, t0 = _profiler, _now()
+            try:
+                in_grads = node.backward(node, g)
+            finally:
+                ev.append(("op", type(node), "bwd", t0, _now(), _thread_id()))
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
         if len(in_grads) < len(node.inputs):

@@ -1,5 +1,6 @@
 /* conv2d.c - see conv2d.h for the math; shapes are commented inline. */
 #include "conv2d.h"
+#include "offload.h"
 #include "prep.h"
 
 #include <stdio.h>
@@ -118,7 +119,7 @@ et_status et_conv2d_forward(const et_backend *be, const et_tensor *x, const et_t
         a.pad_lo[i] = a.pad_hi[i] = p->padding[i];
     }
     ET_TRY(et_conv2d_check("conv2d_forward", &a));
-    return et_offload_sync(et_conv2d_job, &a, sizeof a);
+    return et_offload_conv2d("conv2d.fwd", -1, &a);
 }
 
 /* ---- backward-data plan ------------------------------------------------ */
@@ -339,8 +340,13 @@ static et_status conv2d_backward(const char *op, const et_backend *be, const et_
     /* submit both back to back; the CPU sums db while they run */
     uint64_t tx = 0, tw = 0;
     et_status sx = ET_OK, sw = ET_OK;
-    if (dx) sx = et_queue_submit(q, et_conv2d_job, &px.args, sizeof px.args, &tx);
-    if (dw) sw = et_queue_submit(q, et_conv2d_job, &pw.args, sizeof pw.args, &tw);
+    /* each pass does the forward's useful FLOPs (the dx primitive's own count
+     * includes the zeros of the dilated dy) */
+    const int64_t flops = et_conv2d_pass_flops(x->shape[0], w->shape[0], dy->shape[2],
+                                               dy->shape[3], w->shape[1], w->shape[2],
+                                               w->shape[3]);
+    if (dx) sx = et_submit_conv2d(q, "conv2d.bwd_data", flops, &px.args, &tx);
+    if (dw) sw = et_submit_conv2d(q, "conv2d.bwd_weight", flops, &pw.args, &tw);
     if (db) bias_grad(dy, db);
     /* wait for every submitted ticket before freeing the buffers they read */
     char msg[ET_ERRMSG_MAX] = "";

@@ -8,6 +8,7 @@
 
 #include "../quant/convert.h"
 #include "../quant/quantize.h"
+#include "offload.h"
 #include "prep.h"
 
 /* ---- precision names, buffers, operand makers ------------------------------ */
@@ -103,6 +104,14 @@ et_status et_lowp_quantize_x(const float *x, int64_t n, int nonneg, void *q, flo
         }                                                                                 \
     } while (0)
 #define LP_TRY(expr) do { st = (expr); if (st != ET_OK) goto done; } while (0)
+/* LP_TRY timed as a profiler CPU range (core/profile.h; off: one atomic load):
+ * label e.g. "quantize.input", prec its precision name, bytes read + written */
+#define LP_PROF(label, prec, bytes, expr)                                        \
+    do {                                                                          \
+        const int64_t lp_t0_ = et_prof_begin();                                   \
+        LP_TRY(expr);                                                             \
+        et_prof_end(lp_t0_, (label), (prec), (int64_t)(bytes));                   \
+    } while (0)
 
 static et_status check_out(const char *op, const char *what, const et_tensor *t, const int64_t *shape,
                            int ndim)
@@ -163,8 +172,10 @@ et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const
         void *xb, *wb;   // x (N, C, H, W), w (OC, C/G, KH, KW) as 16-bit bits
         LP_ALLOC(xb, nx * 2, "the converted input");
         LP_ALLOC(wb, nw * 2, "the converted weight");
-        LP_TRY(et_lowp_convert(x->data, nx, prec, xb));
-        LP_TRY(et_lowp_convert(w->data, nw, prec, wb));
+        LP_PROF("convert.input", et_prec_name(prec), nx * 6,
+                et_lowp_convert(x->data, nx, prec, xb));
+        LP_PROF("convert.weight", et_prec_name(prec), nw * 6,
+                et_lowp_convert(w->data, nw, prec, wb));
         LP_TRY(et_tensor_view(&a.x, xb, dt, 4, x->shape));
         LP_TRY(et_tensor_view(&a.w, wb, dt, 4, w->shape));
         if (has_bias) a.bias = *bias;
@@ -187,18 +198,21 @@ et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const
         LP_ALLOC(wq, nw, "the quantized weight");
         LP_ALLOC(sw, OC * sizeof(float), "the weight scales");
         LP_ALLOC(acc, N * OC * OHW * sizeof(int32_t), "the int32 accumulator");
-        LP_TRY(et_lowp_quantize_x(x->data, nx, x_nonneg, xq, &sx));
-        LP_TRY(et_quantize_per_channel_s8(w->data, OC, nw / OC, wq, sw));
+        LP_PROF("quantize.input", "int8", nx * 5,
+                et_lowp_quantize_x(x->data, nx, x_nonneg, xq, &sx));
+        LP_PROF("quantize.weight", "int8", nw * 5,
+                et_quantize_per_channel_s8(w->data, OC, nw / OC, wq, sw));
         if (xscale_out) *xscale_out = sx;
         LP_TRY(et_tensor_view(&a.x, xq, xdt, 4, x->shape));
         LP_TRY(et_tensor_view(&a.w, wq, ET_S8, 4, w->shape));
         LP_TRY(et_tensor_view(&a.y, acc, ET_S32, 4, ys));
     }
     LP_TRY(et_conv2d_check(op, &a));
-    LP_TRY(et_offload_sync(et_conv2d_job, &a, sizeof a));
+    LP_TRY(et_offload_conv2d("conv2d.fwd", -1, &a));
     if (prec == ET_PREC_INT8)   /* y = acc * (sx * sw[oc]) + b[oc] */
-        LP_TRY(et_dequantize_acc_nchw(acc, N, OC, OHW, sx, sw, has_bias ? bias->data : NULL,
-                                      y->data));
+        LP_PROF("dequantize.output", "int8", N * OC * OHW * 8,
+                et_dequantize_acc_nchw(acc, N, OC, OHW, sx, sw, has_bias ? bias->data : NULL,
+                                       y->data));
 done:
     et_lowp_free(&bufs);
     return st;
@@ -278,8 +292,9 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
 
     if ((dx && o->prec_dx == ET_PREC_INT8) || (dw && o->prec_dw == ET_PREC_INT8)) {
         LP_ALLOC(dyq, ndy, "the quantized grad_output");
-        LP_TRY(et_quantize_stochastic_s8_qmax(dy->data, ndy, et_quant_act_qmax(0), o->seed,
-                                              o->offset, dyq, &sdy));
+        LP_PROF("quantize.grad_output", "int8", ndy * 5,
+                et_quantize_stochastic_s8_qmax(dy->data, ndy, et_quant_act_qmax(0), o->seed,
+                                               o->offset, dyq, &sdy));
     }
 
     /* dx = conv(dilate_s(dy) padded, flip(w) transposed), stride 1, dilation d */
@@ -301,7 +316,8 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
         else {
             void *b;
             LP_ALLOC(b, ndy * 2, "the converted grad_output");
-            LP_TRY(et_lowp_convert(dy->data, ndy, pr, b));
+            LP_PROF("convert.grad_output", et_prec_name(pr), ndy * 6,
+                    et_lowp_convert(dy->data, ndy, pr, b));
             dyo = b;
         }
         int64_t dshape[4] = {N, OC, OH, OW};
@@ -323,10 +339,11 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
         if (pr == ET_PREC_INT8) {
             LP_ALLOC(wo, nw, "the quantized transposed weight");
             LP_ALLOC(swt, C * sizeof(float), "the transposed-weight scales");
-            LP_TRY(et_quantize_per_channel_s8(wt, C, nw / C, wo, swt));
+            LP_PROF("quantize.weight", "int8", nw * 5,
+                    et_quantize_per_channel_s8(wt, C, nw / C, wo, swt));
         } else if (pr != ET_PREC_FP32) {
             LP_ALLOC(wo, nw * 2, "the converted transposed weight");
-            LP_TRY(et_lowp_convert(wt, nw, pr, wo));
+            LP_PROF("convert.weight", et_prec_name(pr), nw * 6, et_lowp_convert(wt, nw, pr, wo));
         }
         const int64_t wshape[4] = {C, OC / G, KH, KW};
         LP_TRY(et_tensor_view(&ax.w, wo, dt, 4, wshape));
@@ -360,7 +377,8 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
             } else {
                 void *b;
                 LP_ALLOC(b, nx, "the quantized input");
-                LP_TRY(et_lowp_quantize_x(x->data, nx, o->x_nonneg, b, &sx));
+                LP_PROF("quantize.input", "int8", nx * 5,
+                        et_lowp_quantize_x(x->data, nx, o->x_nonneg, b, &sx));
                 xo = b;
                 xdt = o->x_nonneg ? ET_U8 : ET_S8;
             }
@@ -369,15 +387,16 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
             if (!xf) {   /* only the saved x_q: dequantize it (operand preparation) */
                 float *b;
                 LP_ALLOC(b, nx * sizeof(float), "the dequantized input");
-                LP_TRY(xq->dtype == ET_U8 ? et_dequantize_u8(xq->data, 1, nx, &o->x_scale, 0, b)
-                                          : et_dequantize_s8(xq->data, 1, nx, &o->x_scale, 0, b));
+                LP_PROF("dequantize.input", "int8", nx * 5,
+                        xq->dtype == ET_U8 ? et_dequantize_u8(xq->data, 1, nx, &o->x_scale, 0, b)
+                                           : et_dequantize_s8(xq->data, 1, nx, &o->x_scale, 0, b));
                 xf = b;
             }
             if (pr == ET_PREC_FP32) xo = xf;
             else {
                 void *b;
                 LP_ALLOC(b, nx * 2, "the converted input");
-                LP_TRY(et_lowp_convert(xf, nx, pr, b));
+                LP_PROF("convert.input", et_prec_name(pr), nx * 6, et_lowp_convert(xf, nx, pr, b));
                 xo = b;
             }
         }
@@ -388,7 +407,8 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
         else {
             void *b;
             LP_ALLOC(b, ndy * 2, "the converted grad_output");
-            LP_TRY(et_lowp_convert(dy->data, ndy, pr, b));
+            LP_PROF("convert.grad_output", et_prec_name(pr), ndy * 6,
+                    et_lowp_convert(dy->data, ndy, pr, b));
             dyo = b;
         }
         const size_t xes = esz_of(xdt), des = esz_of(ddt);
@@ -446,10 +466,17 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
         uint64_t tx = 0;
         et_status s1 = ET_OK, s2 = ET_OK;
         int64_t nsub = 0;   /* dw jobs submitted */
-        if (dx) s1 = et_queue_submit(q, et_conv2d_job, &ax, sizeof ax, &tx);
+        /* FLOPs: each pass does the forward's useful count; a dw chunk of nk
+         * images (its dy' is (OC, nk, OH, OW)) its share */
+        if (dx)
+            s1 = et_submit_conv2d(q, "conv2d.bwd_data",
+                                  et_conv2d_pass_flops(N, OC, OH, OW, Cg, KH, KW), &ax, &tx);
         if (dw)
             for (; nsub < nch && s2 == ET_OK; nsub++) {
-                s2 = et_queue_submit(q, et_conv2d_job, &aws[nsub], sizeof aws[nsub], &tws[nsub]);
+                s2 = et_submit_conv2d(q, "conv2d.bwd_weight",
+                                      et_conv2d_pass_flops(aws[nsub].w.shape[1], OC, OH, OW, Cg,
+                                                           KH, KW),
+                                      &aws[nsub], &tws[nsub]);
                 if (s2 != ET_OK) break;
             }
         if (db) bias_grad(dy, db);   /* on the CPU while the jobs run */
@@ -469,10 +496,12 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
         if (st != ET_OK) { et_error_set_message(msg); goto done; }
     }
     if (dx && o->prec_dx == ET_PREC_INT8)   /* dx = acc * (sdy * swt[c]) */
-        LP_TRY(et_dequantize_acc_nchw(accx, N, C, H * W, sdy, swt, NULL, dx->data));
+        LP_PROF("dequantize.grad_input", "int8", nx * 8,
+                et_dequantize_acc_nchw(accx, N, C, H * W, sdy, swt, NULL, dx->data));
     if (dw) {
         if (o->prec_dw == ET_PREC_INT8 && nch == 1)   /* dw' = acc * (sx * sdy) */
-            LP_TRY(et_dequantize_s32(dwout, 1, nout, &dw_scale, 0, dwf));
+            LP_PROF("dequantize.grad_weight", "int8", nout * 8,
+                    et_dequantize_s32(dwout, 1, nout, &dw_scale, 0, dwf));
         else if (o->prec_dw == ET_PREC_INT8) {        /* chunks: exact int64 sum first */
             const int32_t *acc = dwout;
             for (int64_t i = 0; i < nout; i++) {

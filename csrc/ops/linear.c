@@ -6,6 +6,7 @@
 
 #include "../queue/queue.h"
 #include "conv2d.h"
+#include "offload.h"
 
 et_status et_linear_shape(const char *op, const et_tensor *x, const et_tensor *w,
                           const et_tensor *bias, int64_t y[2])
@@ -60,7 +61,7 @@ et_status et_linear_forward(const et_backend *be, const et_tensor *x, const et_t
     ET_TRY(et_linear_shape("linear_forward", x, w, bias, ys));
     et_matmul_args m = mm(be, x, w, bias, y, 0, 1);   // (M,K) . (N,K)^T
     ET_TRY(et_matmul_check("linear_forward", &m));
-    return et_offload_sync(et_matmul_job, &m, sizeof m);
+    return et_offload_matmul("linear.fwd", -1, &m);
 }
 
 et_status et_linear_backward(const et_backend *be, const et_tensor *dy, const et_tensor *x,
@@ -94,8 +95,8 @@ et_status et_linear_backward(const et_backend *be, const et_tensor *dy, const et
     }
     uint64_t tx = 0, tw = 0;
     et_status sx_ = ET_OK, sw_ = ET_OK;
-    if (dx) sx_ = et_queue_submit(q, et_matmul_job, &mx, sizeof mx, &tx);
-    if (dw) sw_ = et_queue_submit(q, et_matmul_job, &mw, sizeof mw, &tw);
+    if (dx) sx_ = et_submit_matmul(q, "linear.bwd_data", -1, &mx, &tx);
+    if (dw) sw_ = et_submit_matmul(q, "linear.bwd_weight", -1, &mw, &tw);
     if (db) {
         const int64_t M = ys[0], N = ys[1];
         const float *g = dy->data;   // (M, N)

@@ -6,6 +6,7 @@
 
 #include "../queue/queue.h"
 #include "../quant/quantize.h"
+#include "offload.h"
 #include "prep.h"
 
 #define LP_ALLOC(ptr, bytes, what)                                                        \
@@ -18,6 +19,14 @@
         }                                                                                 \
     } while (0)
 #define LP_TRY(expr) do { st = (expr); if (st != ET_OK) goto done; } while (0)
+/* LP_TRY timed as a profiler CPU range (core/profile.h; off: one atomic load):
+ * label e.g. "quantize.input", prec its precision name, bytes read + written */
+#define LP_PROF(label, prec, bytes, expr)                                        \
+    do {                                                                          \
+        const int64_t lp_t0_ = et_prof_begin();                                   \
+        LP_TRY(expr);                                                             \
+        et_prof_end(lp_t0_, (label), (prec), (int64_t)(bytes));                   \
+    } while (0)
 
 static et_matmul_args mm(const et_backend *be, int ta, int tb)
 {
@@ -44,13 +53,14 @@ static et_status check_out2(const char *op, const char *what, const et_tensor *t
 }
 
 /* an f32 operand (n values) in precision pr (fp32: as is; bf16/f16 converted) */
-#define LP_OPERAND(dst, src, n, pr, what)                                 \
+#define LP_OPERAND(dst, src, n, pr, what, label)                          \
     do {                                                                  \
         if ((pr) == ET_PREC_FP32) (dst) = (void *)(src);                  \
         else {                                                            \
             void *b_;                                                     \
             LP_ALLOC(b_, (n) * 2, what);                                  \
-            LP_TRY(et_lowp_convert((src), (n), (pr), b_));                \
+            LP_PROF((label), et_prec_name(pr), (n) * 6,                    \
+                    et_lowp_convert((src), (n), (pr), b_));               \
             (dst) = b_;                                                   \
         }                                                                 \
     } while (0)
@@ -73,8 +83,8 @@ et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const
     if (prec != ET_PREC_INT8) {
         const et_dtype dt = et_prec_dtype(prec);
         void *xo, *wo;
-        LP_OPERAND(xo, x->data, M * K, prec, "the converted input");
-        LP_OPERAND(wo, w->data, N * K, prec, "the converted weight");
+        LP_OPERAND(xo, x->data, M * K, prec, "the converted input", "convert.input");
+        LP_OPERAND(wo, w->data, N * K, prec, "the converted weight", "convert.weight");
         LP_TRY(et_tensor_view(&m.a, xo, dt, 2, x->shape));
         LP_TRY(et_tensor_view(&m.b, wo, dt, 2, w->shape));
         if (has_bias) m.bias = *bias;
@@ -97,17 +107,20 @@ et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const
         LP_ALLOC(wq, N * K, "the quantized weight");
         LP_ALLOC(sw, N * sizeof(float), "the weight scales");
         LP_ALLOC(acc, M * N * sizeof(int32_t), "the int32 accumulator");
-        LP_TRY(et_lowp_quantize_x(x->data, M * K, x_nonneg, xq, &sx));
-        LP_TRY(et_quantize_per_channel_s8(w->data, N, K, wq, sw));
+        LP_PROF("quantize.input", "int8", M * K * 5,
+                et_lowp_quantize_x(x->data, M * K, x_nonneg, xq, &sx));
+        LP_PROF("quantize.weight", "int8", N * K * 5,
+                et_quantize_per_channel_s8(w->data, N, K, wq, sw));
         if (xscale_out) *xscale_out = sx;
         LP_TRY(et_tensor_view(&m.a, xq, xdt, 2, x->shape));
         LP_TRY(et_tensor_view(&m.b, wq, ET_S8, 2, w->shape));
         LP_TRY(et_tensor_view(&m.y, acc, ET_S32, 2, ys));
     }
     LP_TRY(et_matmul_check(op, &m));
-    LP_TRY(et_offload_sync(et_matmul_job, &m, sizeof m));
+    LP_TRY(et_offload_matmul("linear.fwd", -1, &m));
     if (prec == ET_PREC_INT8)
-        LP_TRY(et_dequantize_acc_mn(acc, M, N, sx, sw, has_bias ? bias->data : NULL, y->data));
+        LP_PROF("dequantize.output", "int8", M * N * 8,
+                et_dequantize_acc_mn(acc, M, N, sx, sw, has_bias ? bias->data : NULL, y->data));
 done:
     et_lowp_free(&bufs);
     return st;
@@ -147,16 +160,17 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
     int64_t mb = M, nch = 0;
     if ((dx && o->prec_dx == ET_PREC_INT8) || (dw && o->prec_dw == ET_PREC_INT8)) {
         LP_ALLOC(dyq, M * N, "the quantized grad_output");
-        LP_TRY(et_quantize_stochastic_s8_qmax(dy->data, M * N, et_quant_act_qmax(0), o->seed,
-                                              o->offset, dyq, &sdy));
+        LP_PROF("quantize.grad_output", "int8", M * N * 5,
+                et_quantize_stochastic_s8_qmax(dy->data, M * N, et_quant_act_qmax(0), o->seed,
+                                               o->offset, dyq, &sdy));
     }
     if (dx) {
         const et_prec pr = o->prec_dx;
         if (pr != ET_PREC_INT8) {   /* (M, N) . (N, K) */
             const et_dtype dt = et_prec_dtype(pr);
             void *dyo, *wo;
-            LP_OPERAND(dyo, dy->data, M * N, pr, "the converted grad_output");
-            LP_OPERAND(wo, w->data, N * K, pr, "the converted weight");
+            LP_OPERAND(dyo, dy->data, M * N, pr, "the converted grad_output", "convert.grad_output");
+            LP_OPERAND(wo, w->data, N * K, pr, "the converted weight", "convert.weight");
             LP_TRY(et_tensor_view(&mx.a, dyo, dt, 2, dy->shape));
             LP_TRY(et_tensor_view(&mx.b, wo, dt, 2, w->shape));
             mx.y = *dx;
@@ -168,7 +182,8 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
             LP_ALLOC(swt, K * sizeof(float), "the transposed-weight scales");
             LP_ALLOC(accx, M * K * sizeof(int32_t), "the int32 grad_input accumulator");
             et_prep_transpose2d(w->data, wt, sizeof(float), N, K);
-            LP_TRY(et_quantize_per_channel_s8(wt, K, N, wtq, swt));
+            LP_PROF("quantize.weight", "int8", N * K * 5,
+                    et_quantize_per_channel_s8(wt, K, N, wtq, swt));
             const int64_t wts[2] = {K, N}, xs[2] = {M, K};
             LP_TRY(et_tensor_view(&mx.a, dyq, ET_S8, 2, dy->shape));
             LP_TRY(et_tensor_view(&mx.b, wtq, ET_S8, 2, wts));
@@ -185,13 +200,14 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
             if (!xf) {
                 float *b;
                 LP_ALLOC(b, M * K * sizeof(float), "the dequantized input");
-                LP_TRY(xq->dtype == ET_U8 ? et_dequantize_u8(xq->data, 1, M * K, &o->x_scale, 0, b)
-                                          : et_dequantize_s8(xq->data, 1, M * K, &o->x_scale, 0, b));
+                LP_PROF("dequantize.input", "int8", M * K * 5,
+                        xq->dtype == ET_U8 ? et_dequantize_u8(xq->data, 1, M * K, &o->x_scale, 0, b)
+                                           : et_dequantize_s8(xq->data, 1, M * K, &o->x_scale, 0, b));
                 xf = b;
             }
             void *dyo, *xo;
-            LP_OPERAND(dyo, dy->data, M * N, pr, "the converted grad_output");
-            LP_OPERAND(xo, xf, M * K, pr, "the converted input");
+            LP_OPERAND(dyo, dy->data, M * N, pr, "the converted grad_output", "convert.grad_output");
+            LP_OPERAND(xo, xf, M * K, pr, "the converted input", "convert.input");
             LP_TRY(et_tensor_view(&mw.a, dyo, dt, 2, dy->shape));
             LP_TRY(et_tensor_view(&mw.b, xo, dt, 2, x->shape));
             mw.trans_a = 1;
@@ -210,7 +226,8 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
             } else {
                 void *b;
                 LP_ALLOC(b, M * K, "the quantized input");
-                LP_TRY(et_lowp_quantize_x(x->data, M * K, o->x_nonneg, b, &sx));
+                LP_PROF("quantize.input", "int8", M * K * 5,
+                        et_lowp_quantize_x(x->data, M * K, o->x_nonneg, b, &sx));
                 xo = b;
                 xdt = o->x_nonneg ? ET_U8 : ET_S8;
             }
@@ -247,10 +264,10 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
         if (!tws) tws = &tw1;
         et_status s1 = ET_OK, s2 = ET_OK;
         int64_t nsub = 0;
-        if (dx) s1 = et_queue_submit(q, et_matmul_job, &mx, sizeof mx, &tx);
+        if (dx) s1 = et_submit_matmul(q, "linear.bwd_data", -1, &mx, &tx);
         if (dw)
             for (; nsub < nch; nsub++) {
-                s2 = et_queue_submit(q, et_matmul_job, &mws[nsub], sizeof mws[nsub], &tws[nsub]);
+                s2 = et_submit_matmul(q, "linear.bwd_weight", -1, &mws[nsub], &tws[nsub]);
                 if (s2 != ET_OK) break;
             }
         if (db) {   /* f32 on the CPU while the jobs run */
@@ -275,10 +292,12 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
         if (st != ET_OK) { et_error_set_message(msg); goto done; }
     }
     if (dx && o->prec_dx == ET_PREC_INT8)
-        LP_TRY(et_dequantize_acc_mn(accx, M, K, sdy, swt, NULL, dx->data));
+        LP_PROF("dequantize.grad_input", "int8", M * K * 8,
+                et_dequantize_acc_mn(accx, M, K, sdy, swt, NULL, dx->data));
     if (dw && o->prec_dw == ET_PREC_INT8) {
         if (nch == 1)
-            LP_TRY(et_dequantize_s32(accw, 1, K * N, &dw_scale, 0, dwt));
+            LP_PROF("dequantize.grad_weight", "int8", K * N * 8,
+                    et_dequantize_s32(accw, 1, K * N, &dw_scale, 0, dwt));
         else   /* chunks: exact int64 sum first */
             for (int64_t i = 0; i < K * N; i++) {
                 int64_t t = 0;

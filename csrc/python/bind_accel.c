@@ -16,6 +16,7 @@
 #include "../kernels/im2col.h"
 #include "../ops/conv2d.h"
 #include "../ops/linear.h"
+#include "../ops/offload.h"
 
 /* Borrows a float32 array; a wrong dtype raises DtypeError naming the shape. */
 
@@ -63,7 +64,7 @@ static PyObject *py_matmul(PyObject *self, PyObject *args, PyObject *kw)
     et_status st = et_matmul_check("matmul", &m);
     if (st == ET_OK) {
         Py_BEGIN_ALLOW_THREADS
-        st = et_offload_sync(et_matmul_job, &m, sizeof m);
+        st = et_offload_matmul("matmul", -1, &m);
         Py_END_ALLOW_THREADS
     }
     if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
@@ -100,7 +101,7 @@ static PyObject *conv_primitive_run(const char *op, et_conv2d_args *pa, et_dtype
     et_status st = et_conv2d_check(op, pa);
     if (st == ET_OK) {
         Py_BEGIN_ALLOW_THREADS
-        st = et_offload_sync(et_conv2d_job, pa, sizeof *pa);
+        st = et_offload_conv2d("conv2d.primitive", -1, pa);
         Py_END_ALLOW_THREADS
     }
     if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }
@@ -595,7 +596,7 @@ static PyObject *py_matmul_lowp(PyObject *self, PyObject *args, PyObject *kw)
     et_status st = et_matmul_check(op, &m);
     if (st == ET_OK) {
         Py_BEGIN_ALLOW_THREADS
-        st = et_offload_sync(et_matmul_job, &m, sizeof m);
+        st = et_offload_matmul("matmul", -1, &m);
         Py_END_ALLOW_THREADS
     }
     if (st != ET_OK) { Py_DECREF(y); return et_py_raise(st, NULL); }

@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "../backends/backend.h"
+#include "../ops/offload.h"
 #include "../queue/queue.h"
 
 /* ---------------------------------------------------------------- jobs */
@@ -175,16 +176,18 @@ static void queue_dealloc(QueueObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* Submits (GIL released while blocked) and holds `objs`; returns the ticket. */
-static PyObject *submit(QueueObject *self, et_job_fn fn, const void *arg, size_t size,
-                        PyObject **objs, int nobjs)
+/* Submits (GIL released while blocked) and holds `objs`; returns the ticket.
+ * info: the profiler's description (NULL: an unlabelled "job" when profiling). */
+static PyObject *submit_info(QueueObject *self, et_job_fn fn, const void *arg, size_t size,
+                             const et_job_info *info, PyObject **objs, int nobjs)
 {
     if (check_open(self) < 0) return NULL;
     refs_drop_upto(self, et_queue_completed(self->q));   /* opportunistic */
     uint64_t ticket = 0;
     et_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = et_queue_submit(self->q, fn, arg, size, &ticket);
+    st = info ? et_queue_submit_info(self->q, fn, arg, size, info, &ticket)
+              : et_queue_submit(self->q, fn, arg, size, &ticket);
     Py_END_ALLOW_THREADS
     if (st != ET_OK) return et_py_raise(st, NULL);
     /* the caller's references keep objs alive until here */
@@ -199,6 +202,12 @@ static PyObject *submit(QueueObject *self, et_job_fn fn, const void *arg, size_t
         }
     }
     return PyLong_FromUnsignedLongLong(ticket);
+}
+
+static PyObject *submit(QueueObject *self, et_job_fn fn, const void *arg, size_t size,
+                        PyObject **objs, int nobjs)
+{
+    return submit_info(self, fn, arg, size, NULL, objs, nobjs);
 }
 
 static PyObject *queue_submit_noop(QueueObject *self, PyObject *unused)
@@ -271,7 +280,12 @@ static PyObject *queue_submit_matmul(QueueObject *self, PyObject *args, PyObject
     et_status st = et_matmul_check("submit_matmul", &m);
     if (st != ET_OK) return et_py_raise(st, NULL);
     PyObject *objs[3] = {a, b, out};
-    return submit(self, et_matmul_job, &m, sizeof m, objs, 3);
+    et_job_info info, *ip = NULL;
+    if (et_prof_enabled()) {
+        et_job_info_matmul(&info, "matmul", &m, -1);
+        ip = &info;
+    }
+    return submit_info(self, et_matmul_job, &m, sizeof m, ip, objs, 3);
 }
 
 /* 0, or -1 with ValueError/TypeError for what can never be a ticket. */
@@ -376,6 +390,11 @@ static PyObject *queue_get_capacity(QueueObject *self, void *c)
     return PyLong_FromLong(et_queue_capacity(self->q));
 }
 
+static PyObject *queue_get_id(QueueObject *self, void *c)
+{
+    return PyLong_FromUnsignedLongLong(et_queue_id(self->q));
+}
+
 static PyObject *queue_get_pending_refs(QueueObject *self, void *c)
 {
     return PyLong_FromSize_t(self->tail - self->head);
@@ -422,6 +441,7 @@ static PyGetSetDef queue_getset[] = {
     {"completed", (getter)queue_get_completed, NULL,
      "jobs finished, in order (jobs cancelled by close count too)", NULL},
     {"capacity", (getter)queue_get_capacity, NULL, "ring slots", NULL},
+    {"id", (getter)queue_get_id, NULL, "the queue's id in profile records (1, 2, ...)", NULL},
     {"pending_refs", (getter)queue_get_pending_refs, NULL,
      "operand references still held for jobs not yet waited", NULL},
     {NULL, NULL, NULL, NULL, NULL}};
@@ -452,10 +472,125 @@ static PyObject *py_default_queue_stats(PyObject *self, PyObject *unused)
                          (unsigned long long)et_queue_completed(q));
 }
 
+static PyObject *py_default_queue_id(PyObject *self, PyObject *unused)
+{
+    et_queue *q = et_queue_default();
+    if (!q) return et_py_raise(ET_ERR_BACKEND, "default queue: cannot be created");
+    return PyLong_FromUnsignedLongLong(et_queue_id(q));
+}
+
+/* ------------------------------------------------------------ profiler */
+
+/* The counters sampled around each profiled job: the onednn primitive cache
+ * (zeros when onednn is not built). Runs on the worker thread: no Python. */
+static void cache_counters(int64_t out[3])
+{
+    et_cache_stats c;
+    if (et_onednn_cache_stats(&c) != ET_OK) {
+        et_error_clear();
+        out[0] = out[1] = out[2] = 0;
+        return;
+    }
+    out[0] = c.hits;
+    out[1] = c.misses;
+    out[2] = c.evictions;
+}
+
+static PyObject *py_profiler_enable(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"max_records", NULL};
+    long long max_records = 1 << 20;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|L:profiler_enable", kwlist, &max_records))
+        return NULL;
+    et_prof_set_counter_source(cache_counters);
+    et_status st = et_prof_enable(max_records);
+    if (st != ET_OK) return et_py_raise(st, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_profiler_disable(PyObject *self, PyObject *unused)
+{
+    et_prof_disable();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_profiler_enabled(PyObject *self, PyObject *unused)
+{
+    return PyBool_FromLong(et_prof_enabled());
+}
+
+static PyObject *py_profiler_clock_ns(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromLongLong(et_prof_now());
+}
+
+static PyObject *py_profiler_thread_id(PyObject *self, PyObject *unused)
+{
+    return PyLong_FromLongLong(et_prof_thread());
+}
+
+static PyObject *str_or_none(const char *s)
+{
+    if (s) return PyUnicode_InternFromString(s);
+    Py_RETURN_NONE;
+}
+
+static const char *kind_name(int32_t k)
+{
+    switch (k) {
+    case ET_PROF_JOB: return "job";
+    case ET_PROF_WAIT: return "wait";
+    case ET_PROF_CPU: return "cpu";
+    }
+    return "?";
+}
+
+/* -> (records, dropped); a record is the tuple of PROFILE_FIELDS. */
+static PyObject *py_profiler_drain(PyObject *self, PyObject *unused)
+{
+    et_prof_record *r = NULL;
+    int64_t n = 0, dropped = 0;
+    et_prof_drain(&r, &n, &dropped);
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (!list) { free(r); return NULL; }
+    for (int64_t i = 0; i < n; i++) {
+        const et_prof_record *e = &r[i];
+        PyObject *t = Py_BuildValue(
+            "(NNNNsKKLLLLLLLLL)", str_or_none(kind_name(e->kind)), str_or_none(e->label),
+            str_or_none(e->precision), str_or_none(e->backend), et_status_name(e->status),
+            (unsigned long long)e->queue, (unsigned long long)e->ticket, (long long)e->thread,
+            (long long)e->t_submit, (long long)e->t_start, (long long)e->t_end,
+            (long long)e->flops, (long long)e->bytes, (long long)e->cache_hits,
+            (long long)e->cache_misses, (long long)e->cache_evictions);
+        if (!t) { Py_DECREF(list); free(r); return NULL; }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, t);
+    }
+    free(r);
+    return Py_BuildValue("(NL)", list, (long long)dropped);
+}
+
 static PyMethodDef queue_functions[] = {
     {"default_queue_stats", (PyCFunction)py_default_queue_stats, METH_NOARGS,
      "default_queue_stats() -> {'submitted': int, 'completed': int} of the process-wide "
      "accelerator queue"},
+    {"default_queue_id", (PyCFunction)py_default_queue_id, METH_NOARGS,
+     "default_queue_id() -> int: the process-wide queue's id in profile records"},
+    {"profiler_enable", (PyCFunction)(void (*)(void))py_profiler_enable,
+     METH_VARARGS | METH_KEYWORDS,
+     "profiler_enable(max_records=1048576): start recording queue jobs, waits and C CPU "
+     "ranges (records past max_records are dropped and counted)"},
+    {"profiler_disable", (PyCFunction)py_profiler_disable, METH_NOARGS,
+     "profiler_disable(): stop recording (records stay until drained)"},
+    {"profiler_enabled", (PyCFunction)py_profiler_enabled, METH_NOARGS,
+     "profiler_enabled() -> bool"},
+    {"profiler_drain", (PyCFunction)py_profiler_drain, METH_NOARGS,
+     "profiler_drain() -> (records, dropped): every record since the last drain, as tuples "
+     "(kind, label, precision, backend, status, queue, ticket, thread, t_submit, t_start, "
+     "t_end, flops, bytes, cache_hits, cache_misses, cache_evictions); the buffer empties"},
+    {"profiler_clock_ns", (PyCFunction)py_profiler_clock_ns, METH_NOARGS,
+     "profiler_clock_ns() -> int: the records' clock, CLOCK_MONOTONIC ns (time.monotonic_ns)"},
+    {"profiler_thread_id", (PyCFunction)py_profiler_thread_id, METH_NOARGS,
+     "profiler_thread_id() -> int: this thread's id in records (threading.get_ident())"},
     {NULL, NULL, 0, NULL}};
 
 int et_py_init_queue(PyObject *m)

@@ -36,12 +36,20 @@
  * reports the recorded errors / cancellations afterwards. et_queue_free
  * waits until every thread still inside a call on q (a waiter woken by the
  * shutdown) has left before destroying the mutex.
+ *
+ * Profiling (core/profile.h): submit_info copies the job's info, its submit
+ * time and the submitting thread into the slot (`prof` = 1); the worker
+ * timestamps the job around its run, samples the cache counters, and
+ * appends one record outside q->mu. wait / wait_all read the clock before
+ * and after blocking when the flag is on. Off: one relaxed atomic load per
+ * submit and per wait, nothing else.
  */
 #include "queue.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +63,10 @@ typedef struct et_job_slot {
     _Alignas(64) unsigned char arg[ET_JOB_ARG_MAX];
     et_job_fn fn;
     unsigned char cancelled;   /* set at shutdown, cleared once reported */
+    unsigned char prof;        /* 1: record this job (profiling was on at submit) */
+    et_job_info info;          /* valid when prof */
+    int64_t t_submit;          /* ns, valid when prof */
+    int64_t submit_thread;     /* valid when prof */
 } et_job_slot;
 
 typedef struct et_job_error {
@@ -71,6 +83,7 @@ struct et_queue {
     pthread_cond_t not_full;
     pthread_cond_t done;
     pthread_t worker;
+    uint64_t id;                 /* 1, 2, ... in creation order (profile records) */
     int capacity;
     int state;                   /* ET_QUEUE_OPEN / CLOSING / CLOSED */
     int inside;                  /* threads inside submit/wait/wait_all/close */
@@ -113,6 +126,32 @@ static void record_error(et_queue *q, uint64_t ticket, et_status st, const char 
                  (unsigned long long)ticket, et_status_name(st));
 }
 
+/* The worker, unlocked, after a profiled job: one JOB record. The slot
+ * stays valid until `completed` moves past it. */
+static void record_job(et_queue *q, uint64_t ticket, const et_job_slot *s, et_status st,
+                       int64_t t0, int64_t t1, const int64_t c0[3], const int64_t c1[3])
+{
+    et_prof_record r;
+    memset(&r, 0, sizeof r);
+    r.kind = ET_PROF_JOB;
+    r.status = (int32_t)st;
+    r.label = s->info.label;
+    r.precision = s->info.precision;
+    r.backend = s->info.backend;
+    r.queue = q->id;
+    r.ticket = ticket;
+    r.thread = s->submit_thread;
+    r.t_submit = s->t_submit;
+    r.t_start = t0;
+    r.t_end = t1;
+    r.flops = s->info.flops;
+    r.bytes = s->info.bytes;
+    r.cache_hits = c1[0] - c0[0];
+    r.cache_misses = c1[1] - c0[1];
+    r.cache_evictions = c1[2] - c0[2];
+    et_prof_add(&r);
+}
+
 static void *worker_main(void *arg)
 {
     et_queue *q = arg;
@@ -127,7 +166,17 @@ static void *worker_main(void *arg)
 
         /* the job runs unlocked: submitters keep filling other slots */
         et_error_clear();
+        int64_t t0 = 0, c0[3] = {0, 0, 0};
+        if (s->prof) {
+            et_prof_counters(c0);
+            t0 = et_prof_now();
+        }
         et_status st = s->fn(s->arg);
+        if (s->prof) {
+            int64_t t1 = et_prof_now(), c1[3];
+            et_prof_counters(c1);
+            record_job(q, ticket, s, st, t0, t1, c0, c1);
+        }
 
         pthread_mutex_lock(&q->mu);
         if (st != ET_OK) record_error(q, ticket, st, et_error_message());
@@ -158,6 +207,8 @@ et_status et_queue_new(int capacity, et_queue **out)
         return et_error(ET_ERR_NOMEM, "queue: cannot allocate %d job slots (%zu bytes)",
                         capacity, nbytes);
     }
+    static atomic_uint_fast64_t next_id;
+    q->id = (uint64_t)atomic_fetch_add(&next_id, 1) + 1;
     q->capacity = capacity;
     int rc = pthread_mutex_init(&q->mu, NULL);
     if (rc == 0 && (rc = pthread_cond_init(&q->not_empty, NULL)) != 0)
@@ -256,6 +307,16 @@ void et_queue_free(et_queue *q)
 et_status et_queue_submit(et_queue *q, et_job_fn fn, const void *arg, size_t arg_size,
                           uint64_t *ticket)
 {
+    static const et_job_info unlabelled = {NULL, NULL, NULL, -1, -1};
+    return et_queue_submit_info(q, fn, arg, arg_size, et_prof_enabled() ? &unlabelled : NULL,
+                                ticket);
+}
+
+et_status et_queue_submit_info(et_queue *q, et_job_fn fn, const void *arg, size_t arg_size,
+                               const et_job_info *info, uint64_t *ticket)
+{
+    /* the submit time is the request's: back-pressure counts as queueing */
+    const int64_t t_submit = info ? et_prof_now() : 0;
     if (!q || !fn || !ticket || (arg_size > 0 && !arg))
         return et_error(ET_ERR_VALUE, "queue: submit with a NULL queue, job, ticket or argument");
     if (arg_size > ET_JOB_ARG_MAX)
@@ -281,6 +342,12 @@ et_status et_queue_submit(et_queue *q, et_job_fn fn, const void *arg, size_t arg
     et_job_slot *s = slot_of(q, t);
     s->fn = fn;
     s->cancelled = 0;
+    s->prof = info != NULL;
+    if (info) {
+        s->info = *info;
+        s->t_submit = t_submit;
+        s->submit_thread = et_prof_thread();
+    }
     if (arg_size) memcpy(s->arg, arg, arg_size);
     q->submitted = t;
     pthread_cond_signal(&q->not_empty);
@@ -312,9 +379,27 @@ static et_status take_status(et_queue *q, uint64_t t, char *msg)
     return ET_OK;
 }
 
+/* A WAIT record: the calling thread was in wait / wait_all from t0 to now. */
+static void record_wait(et_queue *q, const char *label, uint64_t ticket, et_status st, int64_t t0)
+{
+    et_prof_record r;
+    memset(&r, 0, sizeof r);
+    r.kind = ET_PROF_WAIT;
+    r.status = (int32_t)st;
+    r.label = label;
+    r.queue = q->id;
+    r.ticket = ticket;
+    r.thread = et_prof_thread();
+    r.t_submit = r.t_start = t0;
+    r.t_end = et_prof_now();
+    r.flops = r.bytes = -1;
+    et_prof_add(&r);
+}
+
 et_status et_queue_wait(et_queue *q, uint64_t ticket)
 {
     if (!q) return et_error(ET_ERR_VALUE, "queue: wait on a NULL queue");
+    const int64_t t0 = et_prof_begin();
     char msg[ET_ERRMSG_MAX];
     pthread_mutex_lock(&q->mu);
     if (ticket == 0 || ticket > q->submitted) {
@@ -334,6 +419,7 @@ et_status et_queue_wait(et_queue *q, uint64_t ticket)
     et_status st = take_status(q, ticket, msg);
     leave(q);
     pthread_mutex_unlock(&q->mu);
+    if (t0) record_wait(q, "queue.wait", ticket, st, t0);
     if (st != ET_OK) et_error_set_message(msg);
     return st;
 }
@@ -341,6 +427,7 @@ et_status et_queue_wait(et_queue *q, uint64_t ticket)
 et_status et_queue_wait_all(et_queue *q)
 {
     if (!q) return et_error(ET_ERR_VALUE, "queue: wait_all on a NULL queue");
+    const int64_t t0 = et_prof_begin();
     char msg[ET_ERRMSG_MAX];
     et_status st = ET_OK;
     pthread_mutex_lock(&q->mu);
@@ -392,6 +479,7 @@ et_status et_queue_wait_all(et_queue *q)
     }
     leave(q);
     pthread_mutex_unlock(&q->mu);
+    if (t0) record_wait(q, "queue.wait_all", upto, st, t0);
     if (st != ET_OK) et_error_set_message(msg);
     return st;
 }
@@ -417,6 +505,11 @@ uint64_t et_queue_completed(et_queue *q)
 int et_queue_capacity(et_queue *q)
 {
     return q ? q->capacity : 0;
+}
+
+uint64_t et_queue_id(et_queue *q)
+{
+    return q ? q->id : 0;
 }
 
 /* The process-wide queue. It lives until the process exits: joining its

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../core/profile.h"
 #include "../core/status.h"
 
 #define ET_JOB_ARG_MAX 1024
@@ -56,6 +57,15 @@ void et_queue_close(et_queue *q);
 et_status et_queue_submit(et_queue *q, et_job_fn fn, const void *arg, size_t arg_size,
                           uint64_t *ticket);
 
+/* The same, telling the profiler what the job is (core/profile.h): when
+ * `info` is non-NULL the job is recorded (submit / start / end timestamps,
+ * info's label, precision, backend, FLOPs, bytes, the primitive-cache deltas
+ * over the job). Callers pass info only when et_prof_enabled() (one relaxed
+ * atomic load); et_queue_submit does that check itself and records an
+ * unlabelled "job". */
+et_status et_queue_submit_info(et_queue *q, et_job_fn fn, const void *arg, size_t arg_size,
+                               const et_job_info *info, uint64_t *ticket);
+
 /* Blocks until job `ticket` has run; returns its status (its message in this
  * thread's error buffer). A ticket's error is reported once: a second wait
  * returns ET_OK. ET_ERR_VALUE for a ticket never issued.
@@ -75,6 +85,8 @@ uint64_t et_queue_submitted(et_queue *q);   /* tickets issued so far     */
 uint64_t et_queue_completed(et_queue *q);   /* jobs finished (in order); jobs
                                                cancelled by shutdown count too */
 int et_queue_capacity(et_queue *q);
+/* The queue's id (1, 2, ... in creation order): profile records name it. */
+uint64_t et_queue_id(et_queue *q);
 
 /* The process-wide accelerator queue every op uses, created on first use
  * (thread-safe). NULL with an error message if it cannot be created. */

@@ -7,8 +7,10 @@
     edgetrain compare --model lenet --data mnist --data-dir DIR --precisions fp32,int8 \\
                       --epochs 2 --out runs/compare                 # vs PyTorch, side by side
     edgetrain export runs/lenet-int8 --out lenet.onnx              # ONNX (fp32 weights)
+    edgetrain profile --model resnet18 --small-input --precision int8 --batch-size 32 \\
+                      --out runs/prof                               # CPU vs accelerator per op
 
-One module per subcommand (train.py, evaluate.py, compare.py, export.py), each
+One module per subcommand (train.py, evaluate.py, compare.py, export.py, profile.py), each
 with its `add_parser`; what they share is in common.py.
 
 `train` writes into --out DIR, each file atomically (temporary file, fsync,
@@ -39,7 +41,7 @@ import os
 import sys
 
 from ..errors import CheckpointError, EdgetrainError
-from . import compare, evaluate, export, train
+from . import compare, evaluate, export, profile, train
 from .common import UserError, one_line, os_reason
 
 __all__ = ["main", "build_parser"]
@@ -48,11 +50,11 @@ __all__ = ["main", "build_parser"]
 def build_parser():
     p = argparse.ArgumentParser(
         prog="edgetrain",
-        description="Train, evaluate, compare with PyTorch and export image classifiers "
+        description="Train, evaluate, compare with PyTorch, profile and export image classifiers "
                     "with edgetrain (heavy products offloaded to an inference backend).")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for mod in (train, evaluate, compare, export):
+    for mod in (train, evaluate, compare, export, profile):
         mod.add_parser(sub)
     return p
 
