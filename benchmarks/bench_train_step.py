@@ -14,10 +14,8 @@ machine's description.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -26,30 +24,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import edgetrain as et  # noqa: E402
+from edgetrain import checkpoint  # noqa: E402
+from edgetrain.cli.compare import machine  # noqa: E402 - one machine description
 
 CASES = [
     # (name, builder kwargs, input shape without batch, batch): issue 3's sizes
     ("lenet", dict(), (1, 28, 28), 128),
     ("resnet18_small", dict(small_input=True, num_classes=10), (3, 32, 32), 128),
 ]
-
-
-def machine():
-    cpu, isa = platform.processor() or "unknown cpu", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif line.startswith("flags"):
-                    # the vector ISA decides what the engine can do (VNNI int8, BF16)
-                    isa = sorted(fl for fl in line.split(":", 1)[1].split()
-                                 if fl.startswith(("avx", "amx")) or fl in ("fma", "f16c"))
-                    break
-    except OSError:
-        pass
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(),
-            "python": platform.python_version(), "system": platform.platform()}
 
 
 def et_model(name, kw):
@@ -73,17 +55,7 @@ def time_steps(step, warmup, steps):
 
 
 def atomic_write(path, text):
-    d = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def main():
@@ -158,7 +130,7 @@ def main():
                 print(f"{name:16s} b{batch:<4d} edgetrain/{b:7s}{prec:11s}{t_et * 1e3:9.1f} ms  "
                       f"speed-up vs pytorch {t_torch / t_et:5.2f}x{extra}", flush=True)
 
-    info = dict(machine=machine(), threads=args.threads, steps=args.steps,
+    info = dict(machine=machine(args.threads), threads=args.threads, steps=args.steps,
                 warmup=args.warmup, torch=torch.__version__,
                 int8_reduce_range=et.int8_reduce_range(), rows=rows)
     out = os.path.join(HERE, "results")
