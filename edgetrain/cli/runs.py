@@ -84,6 +84,14 @@ def _lr_at(spec, step, total):
     return spec["lr"] * (1.0 - step / total)          # linear decay to 0, per step
 
 
+def _lr_setter(opt):
+    """set_lr(v) for train_loop: edgetrain's and torch's optimizers share param_groups."""
+    def set_lr(v):
+        for g in opt.param_groups:
+            g["lr"] = v
+    return set_lr
+
+
 def _median_after_warmup(times, warmup):
     t = times[warmup:] if len(times) > warmup else times
     return float(np.median(t)), float(np.mean(t)), len(t)
@@ -228,9 +236,7 @@ def child_edgetrain(spec):
         lv = loss.item()
         return lv, time.perf_counter() - t0, saved
 
-    def set_lr(v):
-        for g in opt.param_groups:
-            g["lr"] = v
+    set_lr = _lr_setter(opt)
 
     def get_state():   # what an epoch checkpoint must hold to continue exactly
         return {"model": {k: np.array(v, copy=True) for k, v in model.state_dict().items()},
@@ -317,9 +323,7 @@ def child_torch(spec):
         lv = loss.item()
         return lv, time.perf_counter() - t0, saved
 
-    def set_lr(v):
-        for g in opt.param_groups:
-            g["lr"] = v
+    set_lr = _lr_setter(opt)
 
     def get_state():
         return {"model": {k: v.detach().clone() for k, v in model.state_dict().items()},
