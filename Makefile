@@ -36,7 +36,7 @@ $(VENV)/.deps-stamp: pyproject.toml
 	@[ -x $(PY) ] || $(BASE_PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q "numpy>=1.23" tqdm pytest "torch==2.13.0" matplotlib \
-	  onnx onnxruntime nbclient nbformat ipykernel
+	  onnx onnxruntime nbclient nbformat ipykernel hypothesis
 	@touch $@
 
 # The extension is built in place; the venv gets a .pth naming this checkout
