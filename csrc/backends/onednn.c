@@ -96,6 +96,11 @@ typedef struct cache_entry {
     dnnl_primitive_t prim, aux;
     dnnl_memory_desc_t aux_md;
     int ref_impl;
+    /* the f32 conv on oneDNN's own layouts (conv2d_f32_blocked below): the
+     * layouts prim chose for src, weights, dst and the reorders from / to
+     * the plain nchw / oihw ones (NULL where the plain layout is the chosen one) */
+    dnnl_primitive_t reo[3];
+    dnnl_memory_desc_t blk_md[3];
     uint64_t last_used;   /* LRU clock; the smallest is evicted */
 } cache_entry;
 
@@ -109,6 +114,8 @@ static void entry_destroy(cache_entry *e)
 {
     dnnl_primitive_destroy(e->prim);
     if (e->aux) dnnl_primitive_destroy(e->aux);
+    for (int i = 0; i < 3; i++)
+        if (e->reo[i]) dnnl_primitive_destroy(e->reo[i]);
 }
 
 /* Called with cache_mu held. */
@@ -372,6 +379,171 @@ out:
     return st;
 }
 
+/* Scratch buffers, kept between calls and grown as needed (allocating them
+ * fresh costs page faults comparable to the conv itself); used under
+ * cache_mu. 0-4: the int8 conv; 5-7: the f32 conv's src, weights, dst in
+ * oneDNN's layouts. */
+static struct { void *p; size_t n; } scratch[8];
+
+static void *scratch_get(int i, size_t bytes, const char *what, et_status *st)
+{
+    if (scratch[i].n >= bytes && scratch[i].p) return scratch[i].p;
+    et_aligned_free(scratch[i].p);
+    scratch[i].p = et_aligned_alloc(bytes ? bytes : 1);
+    scratch[i].n = scratch[i].p ? bytes : 0;
+    if (!scratch[i].p)
+        *st = et_error(ET_ERR_NOMEM, "onednn conv2d: cannot allocate the %s buffer (%zu bytes)",
+                       what, bytes);
+    return scratch[i].p;
+}
+
+/* ---- f32 conv on oneDNN's own layouts ---------------------------------------
+ *
+ * Why: on plain nchw / oihw layouts oneDNN 2.6 has only its slower kernels
+ * for AVX2 (gemm-based or nchw jit), and the backward convolutions of
+ * conv2d.c (dw: a conv with the batch as channels and a kernel of the
+ * output's size; dx: a stride-1 conv of the dilated grad) are the shapes
+ * they handle worst (profile of a ResNet-18 step: dw at 38 GFLOP/s, dx 59).
+ * On nhwc activations with the weight layout left to oneDNN (format_tag_any)
+ * it runs its AVX2 jit kernels; the operands are reordered into those
+ * layouts and the result back to nchw by oneDNN's own (jit) reorder
+ * primitives, cached with the conv. Leaving every layout to oneDNN ("any":
+ * blocked nChw8c) measured slower than nhwc on a ResNet-18 step (the
+ * reorders of the activations cost more); benchmarks/README.md has the
+ * before/after profile. Layout mode, read once from ET_ONEDNN_F32_LAYOUT
+ * (for before/after benchmarks): "nhwc" (the default), "any", or "plain"
+ * (the plain-layout path of onednn_conv2d). */
+
+enum { F32_PLAIN, F32_ANY, F32_NHWC };
+
+/* Kernels with more taps than this (7x7) stay on the plain path: they are
+ * conv2d.c's weight-gradient convs, whose kernel is the output's size. The
+ * nhwc jit kernel sums their N*OH*OW products in one running accumulator:
+ * measured 6e-6 relative error on LeNet's dw vs 4e-7 on the plain (gemm)
+ * path, enough to flip max-pool near-ties on MNIST's flat background and
+ * break the LeNet training parity test (tests/test_training_parity.py). */
+#define F32_NHWC_MAX_TAPS 49
+
+static int f32_layout(void)
+{
+    static _Atomic int mode = -1;
+    int m = mode;
+    if (m < 0) {
+        const char *e = getenv("ET_ONEDNN_F32_LAYOUT");
+        m = e && !strcmp(e, "any") ? F32_ANY : e && !strcmp(e, "plain") ? F32_PLAIN : F32_NHWC;
+        mode = m;
+    }
+    return m;
+}
+
+static et_status onednn_conv2d_f32_blocked(const et_conv2d_args *p)
+{
+    const char *opname = "conv2d";
+    const int64_t N = p->x.shape[0], C = p->x.shape[1], H = p->x.shape[2], W = p->x.shape[3];
+    const int64_t OC = p->w.shape[0], Cg = p->w.shape[1], KH = p->w.shape[2], KW = p->w.shape[3];
+    const int64_t OH = p->y.shape[2], OW = p->y.shape[3], G = p->groups;
+    const int has_bias = p->bias.data != NULL;
+    const int mode = f32_layout();
+    et_status st = ET_OK;
+    pthread_mutex_lock(&cache_mu);   /* released at done: */
+
+    dnnl_memory_desc_t md[4];   // plain: src (N,C,H,W), weights (OC,C/G,KH,KW) | (G,OC/G,C/G,KH,KW), dst, bias
+    dnnl_dims_t xd = {N, C, H, W}, yd = {N, OC, OH, OW}, bd = {OC};
+    dnnl_dims_t wd1 = {OC, Cg, KH, KW}, wdg = {G, OC / G, Cg, KH, KW};
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[0], 4, xd, dnnl_f32, dnnl_nchw));
+    if (G == 1) DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 4, wd1, dnnl_f32, dnnl_oihw));
+    else DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[1], 5, wdg, dnnl_f32, dnnl_goihw));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[2], 4, yd, dnnl_f32, dnnl_nchw));
+    DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&md[3], 1, bd, dnnl_f32, dnnl_x));
+
+    cache_key key;
+    memset(&key, 0, sizeof key);
+    key.op = ET_OP_CONV2D;
+    key.dtype = ET_F32;
+    int64_t vals[] = {N, C, H, W, OC, Cg, KH, KW, OH, OW, G, has_bias,
+                      p->stride[0], p->stride[1], p->dilation[0], p->dilation[1],
+                      p->pad_lo[0], p->pad_lo[1], p->pad_hi[0], p->pad_hi[1],
+                      ET_F32, ET_F32, mode, 0x424c4b44 /* "BLKD": this path */};
+    memcpy(key.v, vals, sizeof vals);
+
+    cache_entry *e = cache_find(&key);
+    if (!e) {
+        cache_entry ne;
+        memset(&ne, 0, sizeof ne);
+        const dnnl_format_tag_t act = mode == F32_NHWC ? dnnl_nhwc : dnnl_format_tag_any;
+        dnnl_memory_desc_t a[3];   // the layouts offered to oneDNN
+        DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&a[0], 4, xd, dnnl_f32, act));
+        if (G == 1) DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&a[1], 4, wd1, dnnl_f32, dnnl_format_tag_any));
+        else DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&a[1], 5, wdg, dnnl_f32, dnnl_format_tag_any));
+        DNNL_TRY("memory desc", dnnl_memory_desc_init_by_tag(&a[2], 4, yd, dnnl_f32, act));
+        dnnl_convolution_desc_t cd;
+        dnnl_dims_t strides = {p->stride[0], p->stride[1]};
+        dnnl_dims_t dil = {p->dilation[0] - 1, p->dilation[1] - 1};   /* oneDNN: 0 = dense */
+        dnnl_dims_t pl = {p->pad_lo[0], p->pad_lo[1]}, pr = {p->pad_hi[0], p->pad_hi[1]};
+        DNNL_TRY("dnnl_dilated_convolution_forward_desc_init",
+                 dnnl_dilated_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+                     dnnl_convolution_direct, &a[0], &a[1], has_bias ? &md[3] : NULL, &a[2],
+                     strides, dil, pl, pr));
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_status_t s0 = dnnl_primitive_desc_create(&pd, &cd, NULL, engine, NULL);
+        if (s0 == dnnl_success) {
+            const dnnl_query_t q[3] = {dnnl_query_src_md, dnnl_query_weights_md, dnnl_query_dst_md};
+            for (int i = 0; i < 3; i++) ne.blk_md[i] = *dnnl_primitive_desc_query_md(pd, q[i], 0);
+            s0 = dnnl_primitive_create(&ne.prim, pd);
+            dnnl_primitive_desc_destroy(pd);
+        }
+        /* reorders: plain src / weights -> chosen; chosen dst -> plain */
+        for (int i = 0; i < 3 && s0 == dnnl_success; i++) {
+            if (dnnl_memory_desc_equal(&ne.blk_md[i], &md[i])) continue;
+            dnnl_primitive_desc_t rpd = NULL;
+            s0 = i < 2 ? dnnl_reorder_primitive_desc_create(&rpd, &md[i], engine, &ne.blk_md[i], engine, NULL)
+                       : dnnl_reorder_primitive_desc_create(&rpd, &ne.blk_md[i], engine, &md[i], engine, NULL);
+            if (s0 == dnnl_success) s0 = dnnl_primitive_create(&ne.reo[i], rpd);
+            if (rpd) dnnl_primitive_desc_destroy(rpd);
+        }
+        if (s0 != dnnl_success) {
+            if (ne.prim) entry_destroy(&ne);
+            else for (int i = 0; i < 3; i++) if (ne.reo[i]) dnnl_primitive_destroy(ne.reo[i]);
+            st = et_error(ET_ERR_BACKEND, "onednn conv2d: building the f32 convolution failed (%s) "
+                          "for input (%lld, %lld, %lld, %lld), weight (%lld, %lld, %lld, %lld)",
+                          dnnl_status2str(s0), (long long)N, (long long)C, (long long)H, (long long)W,
+                          (long long)OC, (long long)Cg, (long long)KH, (long long)KW);
+            goto done;
+        }
+        if ((st = cache_insert_entry(&key, ne, &e)) != ET_OK) goto done;
+    }
+    {
+        /* operands in the chosen layouts: the user's buffers where no reorder is needed */
+        void *user[3] = {p->x.data, p->w.data, p->y.data};
+        void *blk[3];
+        static const char *what[3] = {"blocked source", "blocked weights", "blocked result"};
+        for (int i = 0; i < 3; i++) {
+            blk[i] = user[i];
+            if (!e->reo[i]) continue;
+            blk[i] = scratch_get(5 + i, dnnl_memory_desc_get_size(&e->blk_md[i]), what[i], &st);
+            if (!blk[i]) goto done;
+        }
+        int rids[2] = {DNNL_ARG_FROM, DNNL_ARG_TO};
+        for (int i = 0; i < 2; i++) {
+            if (!e->reo[i]) continue;
+            dnnl_memory_desc_t rmds[2] = {md[i], e->blk_md[i]};
+            void *rp[2] = {user[i], blk[i]};
+            if ((st = execute(opname, e->reo[i], 2, rids, rmds, rp)) != ET_OK) goto done;
+        }
+        int ids[4] = {DNNL_ARG_SRC, DNNL_ARG_WEIGHTS, DNNL_ARG_DST, DNNL_ARG_BIAS};
+        dnnl_memory_desc_t cmds[4] = {e->blk_md[0], e->blk_md[1], e->blk_md[2], md[3]};
+        void *cp[4] = {blk[0], blk[1], blk[2], p->bias.data};
+        if ((st = execute(opname, e->prim, has_bias ? 4 : 3, ids, cmds, cp)) != ET_OK) goto done;
+        if (e->reo[2]) {
+            dnnl_memory_desc_t rmds[2] = {e->blk_md[2], md[2]};
+            void *rp[2] = {blk[2], user[2]};
+            st = execute(opname, e->reo[2], 2, rids, rmds, rp);
+        }
+    }
+done:
+    pthread_mutex_unlock(&cache_mu);
+    return st;
+}
 static et_status onednn_conv2d_widened(const et_conv2d_args *p)
 {
     et_conv2d_args q = *p;
@@ -415,6 +587,9 @@ static et_status onednn_conv2d(const et_conv2d_args *p)
     const int has_bias = p->bias.data != NULL;
     if (p->x.dtype == ET_U8 || p->x.dtype == ET_S8) return onednn_conv2d_int8(p);
     if (widenable(p->x.dtype) && no_native[ET_OP_CONV2D][p->x.dtype]) return onednn_conv2d_widened(p);
+    if (p->x.dtype == ET_F32 && p->w.dtype == ET_F32 && p->y.dtype == ET_F32 &&
+        f32_layout() != F32_PLAIN && KH * KW <= F32_NHWC_MAX_TAPS)
+        return onednn_conv2d_f32_blocked(p);
     const dnnl_data_type_t dt = dnnl_dt(p->x.dtype), wdt = dnnl_dt(p->w.dtype),
                            ydt = dnnl_dt(p->y.dtype);
     int widen = 0;
@@ -608,23 +783,8 @@ done:
  * max|w| <= 32767 (e.g. 7-bit activations); otherwise the weights are split
  * into nibbles (two runs, see execute_split's comment).
  *
- * Scratch buffers (nhwc source, blocked weights, nhwc s32 results) are kept
- * between calls and grow as needed: allocating them fresh costs page faults
- * comparable to the conv itself. They are used under cache_mu. */
-
-static struct { void *p; size_t n; } scratch[5];
-
-static void *scratch_get(int i, size_t bytes, const char *what, et_status *st)
-{
-    if (scratch[i].n >= bytes && scratch[i].p) return scratch[i].p;
-    et_aligned_free(scratch[i].p);
-    scratch[i].p = et_aligned_alloc(bytes ? bytes : 1);
-    scratch[i].n = scratch[i].p ? bytes : 0;
-    if (!scratch[i].p)
-        *st = et_error(ET_ERR_NOMEM, "onednn conv2d: cannot allocate the %s buffer (%zu bytes)",
-                       what, bytes);
-    return scratch[i].p;
-}
+ * Scratch buffers 0-4 hold the nhwc source, blocked weights and nhwc s32
+ * results (see scratch_get). */
 
 static et_status onednn_conv2d_int8(const et_conv2d_args *p)
 {
