@@ -354,6 +354,24 @@ def test_cli_profile_lenet(tmp_path):
     assert (out / "profile.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("model", ["resnet18", "resnet50", "mobilenet_v2"])
+def test_cli_profile_every_bench_model(model, tmp_path):
+    # issue 5: `edgetrain profile` works for every model of the benchmark grid and its
+    # trace is a valid Chrome trace (small inputs here; the layers and passes are the same)
+    out = tmp_path / "prof"
+    r = subprocess.run([sys.executable, "-m", "edgetrain", "profile", "--model", model,
+                        "--precision", "int8-mixed", "--batch-size", "2", "--input-size", "32", "32",
+                        "--steps", "1", "--warmup", "0", "--out", str(out)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    trace = json.loads((out / "trace.json").read_text())
+    validate_chrome_trace(trace)
+    names = {e.get("name") for e in trace["traceEvents"]}
+    # accelerator jobs carry their precision: int8-mixed = int8 fwd / dx, bf16 dw
+    assert {"conv2d.fwd [int8]", "conv2d.bwd_data [int8]", "conv2d.bwd_weight [bf16]"} <= names
+    assert json.loads((out / "profile.json").read_text())["model"] == model
+
+
 def test_cli_profile_rejects_unknown_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgetrain", "profile", "--model", "vgg99",
                         "--batch-size", "2", "--out", str(tmp_path / "x")], cwd=REPO,
