@@ -811,7 +811,9 @@ static et_status onednn_conv2d_int8(const et_conv2d_args *p)
         o = mn < 0 ? -mn : 0;
         umax = mx + o;
     }
-    const int single = one_run_exact(umax, s8_absmax(w, nw));
+    /* |w| <= 128: with 2 * umax * 128 <= 32767 (7-bit activations) one run is
+     * exact whatever the weights, and their scan is skipped */
+    const int single = one_run_exact(umax, 2 * umax * 128 <= 32767 ? 128 : s8_absmax(w, nw));
     const int padded = p->pad_lo[0] || p->pad_lo[1] || p->pad_hi[0] || p->pad_hi[1];
     const int mat = o != 0 && padded;   /* materialize the padding (holding o) */
     const int64_t Hs = mat ? H + p->pad_lo[0] + p->pad_hi[0] : H;
@@ -944,7 +946,8 @@ static et_status onednn_conv2d_int8(const et_conv2d_args *p)
         for (int64_t oc = 0; oc < OC; oc++) {
             int64_t sum = 0;
             const int8_t *wo = w + oc * Cg * KH * KW;
-            for (int64_t i = 0; i < Cg * KH * KW; i++) sum += wo[i];
+            if (o)   /* no shift (a u8 or non-negative source): nothing to take out */
+                for (int64_t i = 0; i < Cg * KH * KW; i++) sum += wo[i];
             comp[oc] = (uint32_t)((int64_t)o * sum);
         }
         const int64_t OHW = OH * OW;
