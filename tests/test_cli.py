@@ -24,6 +24,7 @@ import pytest
 import edgetrain as et
 from edgetrain import checkpoint as ckpt
 from edgetrain import cli
+from edgetrain.cli import train as train_mod
 from edgetrain.nn import functional as F
 
 REPO = Path(__file__).resolve().parent.parent
@@ -349,6 +350,121 @@ def test_killed_run_resumes_to_the_same_weights(mnist10k_dir, tmp_path):
     assert a["epoch"] == b["epoch"] == 3
     assert_same_state(a, b)
     assert len((killed / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def _interrupt_after_checkpoints(monkeypatch, n):
+    """The run stops (KeyboardInterrupt, as Ctrl-C) right after its n-th checkpoint
+    write, at a known step: the deterministic twin of the random kills in
+    stress/kill_resume.py."""
+    real, count = train_mod.write_out, {"n": 0}
+
+    def write_out(path, what, write):
+        real(path, what, write)
+        if what == "checkpoint":
+            count["n"] += 1
+            if count["n"] == n:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(train_mod, "write_out", write_out)
+
+
+def test_checkpoint_every_resumes_mid_epoch_exactly(mnist10k_dir, tmp_path, monkeypatch):
+    """--checkpoint-every 2 on 5 steps per epoch: checkpoints after steps 2, 4 (within
+    epoch 1), 5 (its end), 6, 8 (within epoch 2), 10. Stopped after step 2 and again
+    after step 6, each resumed from the middle of an epoch: the final weights,
+    optimizer state, RNG state and metrics equal an uninterrupted run's without
+    --checkpoint-every (linear lr schedule: the resumed steps must get the same lr)."""
+    base = ["train", "--model", "lenet", "--data", "mnist", "--data-dir", mnist10k_dir,
+            "--precision", "int8", "--epochs", 2, "--train-subset", 320, "--test-subset", 100,
+            "--batch-size", 64, "--no-progress"]
+    rc, _, err = run_cli(*base, "--out", tmp_path / "straight")
+    assert rc == 0, err
+    straight = et.load(tmp_path / "straight" / "checkpoint.et")
+    assert straight["in_epoch"] is None and straight["step"] == 10
+
+    run = tmp_path / "stopped"
+    _interrupt_after_checkpoints(monkeypatch, 1)
+    rc, _, err = run_cli(*base, "--out", run, "--checkpoint-every", 2)
+    assert rc == 130, err
+    ck = et.load(run / "checkpoint.et")
+    assert (ck["epoch"], ck["step"], ck["in_epoch"]["batches"]) == (0, 2, 2)
+    assert ck["metrics"] == [] and not (run / "metrics.jsonl").exists()
+    assert ck["in_epoch"]["seen"] == 128 and ck["config"]["checkpoint_every"] == 2
+
+    # --checkpoint-every comes from the checkpoint; the 3rd write of this run: step 6
+    _interrupt_after_checkpoints(monkeypatch, 3)
+    rc, out, err = run_cli("train", "--out", run, "--resume", "--no-progress")
+    assert rc == 130, err
+    assert "resuming" in out and "in epoch 1 after step 2/5" in out
+    ck = et.load(run / "checkpoint.et")
+    assert (ck["epoch"], ck["step"], ck["in_epoch"]["batches"]) == (1, 6, 1)
+    assert len(ck["metrics"]) == 1
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    monkeypatch.undo()
+
+    rc, out, err = run_cli("train", "--out", run, "--resume", "--no-progress")
+    assert rc == 0, err
+    assert "in epoch 2 after step 1/5" in out
+    assert no_temporaries(run)
+    end = et.load(run / "checkpoint.et")
+    assert end["epoch"] == 2 and end["in_epoch"] is None
+    assert_same_state(straight, end)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_checkpoint_without_mid_epoch_keys(mnist10k_dir, tmp_path):
+    """A checkpoint of an edgetrain before --checkpoint-every (no step / in_epoch keys,
+    no checkpoint_every option) still resumes exactly, from its epoch's end."""
+    base = ["train", "--model", "lenet", "--data", "mnist", "--data-dir", mnist10k_dir,
+            "--train-subset", 192, "--test-subset", 64, "--lr-schedule", "constant",
+            "--no-progress"]
+    rc, _, err = run_cli(*base, "--epochs", 2, "--out", tmp_path / "straight")
+    assert rc == 0, err
+    rc, _, err = run_cli(*base, "--epochs", 1, "--out", tmp_path / "old")
+    assert rc == 0, err
+    path = tmp_path / "old" / "checkpoint.et"
+    ck = et.load(path)
+    for k in ("step", "in_epoch"):
+        del ck[k]
+    del ck["config"]["checkpoint_every"]
+    et.save(ck, path)
+    rc, out, err = run_cli("train", "--out", tmp_path / "old", "--resume", "--epochs", 2,
+                           "--no-progress")
+    assert rc == 0, err
+    assert "resuming" in out and "after epoch 1" in out
+    assert_same_state(et.load(tmp_path / "straight" / "checkpoint.et"), et.load(path))
+
+
+def test_resume_of_a_finished_run_restores_metrics_and_curves(mnist10k_dir, tmp_path):
+    """Killed after the last checkpoint but before metrics.jsonl / curves.png were
+    rewritten: --resume has no step left to run, and brings both up to date; a run
+    whose files are whole is left untouched."""
+    out = tmp_path / "run"
+    rc, _, err = run_cli("train", "--model", "lenet", "--data", "mnist", "--data-dir",
+                         mnist10k_dir, "--epochs", 2, "--train-subset", 128, "--test-subset",
+                         64, "--no-progress", "--out", out)
+    assert rc == 0, err
+    files = {n: (out / n).read_bytes() for n in ("checkpoint.et", "metrics.jsonl", "curves.png")}
+    rc, stdout, _ = run_cli("train", "--out", out, "--resume", "--no-progress")
+    assert rc == 0 and "nothing to do" in stdout and "restored" not in stdout
+    assert {n: (out / n).read_bytes() for n in files} == files
+    # metrics.jsonl one epoch behind, curves.png gone
+    (out / "metrics.jsonl").write_bytes(files["metrics.jsonl"].splitlines(True)[0])
+    (out / "curves.png").unlink()
+    rc, stdout, _ = run_cli("train", "--out", out, "--resume", "--no-progress")
+    assert rc == 0 and "restored" in stdout and "nothing to do" in stdout
+    assert (out / "metrics.jsonl").read_bytes() == files["metrics.jsonl"]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "checkpoint.et").read_bytes() == files["checkpoint.et"]
+    # killed between metrics.jsonl and curves.png: curves.png older than metrics.jsonl
+    os.utime(out / "curves.png", ns=(1, 1))
+    rc, stdout, _ = run_cli("train", "--out", out, "--resume", "--no-progress")
+    assert rc == 0 and "restored" in stdout
+    assert (out / "curves.png").stat().st_mtime_ns >= (out / "metrics.jsonl").stat().st_mtime_ns
+
+
+def test_checkpoint_every_rejects_a_negative_count(tmp_path):
+    rc, _, err = run_cli("train", "--out", tmp_path / "r", "--checkpoint-every", -1)
+    assert rc == 2 and "--checkpoint-every" in err and "-1" in err
 
 
 def _record_weight_gradients(monkeypatch):

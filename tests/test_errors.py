@@ -1,5 +1,10 @@
 """Bad input through the public API raises a Python exception with a clear
 message (naming the op and the offending shapes/values); never a crash."""
+import os
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -172,3 +177,117 @@ def test_optimizer_errors():
         et.optim.SGD(et.randn(3), lr=0.1)
     with pytest.raises(NotImplementedError, match="amsgrad"):
         et.optim.Adam([et.nn.Parameter(et.randn(2))], amsgrad=True)
+
+
+# -- allocations that cannot be satisfied (issue 6.7) ---------------------------------
+def test_impossible_allocation_is_a_memory_error_naming_the_size():
+    """2^50 bytes (a PiB: beyond this machine and any x86-64 address space) asked of
+    the C core, directly and as an op's output: MemoryError with the byte count.
+    The process goes on."""
+    from edgetrain import _C
+    n = 2 ** 48                                                  # float32: 2^50 bytes
+    with pytest.raises(MemoryError, match=rf"\b{n * 4} bytes"):
+        _C.empty((n,), "float32")
+    with pytest.raises(MemoryError, match=rf"\b{n * 2} bytes"):
+        _C.empty((n,), "bfloat16")
+    # an op whose output cannot be allocated: 1x1 input padded by 2^23 on each side
+    side = 2 ** 24 + 1
+    for prec in ("fp32", "int8"):
+        with et.precision(prec):
+            with pytest.raises(MemoryError, match=rf"\b{side * side * 4} bytes"):
+                F.conv2d(et.ones(1, 1, 1, 1), et.ones(1, 1, 1, 1), padding=2 ** 23)
+    y = F.conv2d(et.ones(1, 1, 4, 4), et.ones(1, 1, 3, 3))      # still works afterwards
+    np.testing.assert_array_equal(y.numpy(), np.full((1, 1, 2, 2), 9, np.float32))
+
+
+def test_sizes_beyond_64_bits_are_memory_errors_naming_the_shape():
+    """A shape whose byte size does not fit in 64 bits: MemoryError naming the shape
+    and dtype -- not a size wrapped around modulo 2^64 (2^31 x 2^31 x 4 elements
+    wrapped to 0 and then failed in NumPy as a ValueError; 4294967295^2 x 4 bytes
+    was reported as a bogus 18446744039349813252-byte allocation)."""
+    from edgetrain import _C
+    with pytest.raises(MemoryError, match=r"\(2147483648, 2147483648, 4\) of dtype float32.*"
+                                          r"more than 2\^64 bytes"):
+        _C.empty((2 ** 31, 2 ** 31, 4), "float32")
+    with pytest.raises(MemoryError, match=r"\(4611686018427387904,\).*2\^64 bytes"):
+        _C.empty((2 ** 62,), "float32")
+    with pytest.raises(MemoryError, match=r"\(1, 1, 4294967296, 4294967296\).*2\^64 bytes"):
+        F.conv2d(et.ones(1, 1, 1, 1), et.ones(1, 1, 2, 2), padding=2 ** 31)
+    with pytest.raises(MemoryError, match=r"\(1, 1, 4294967295, 4294967295\).*2\^64 bytes"):
+        F.conv2d(et.ones(1, 1, 1, 1), et.ones(1, 1, 1, 1), padding=2 ** 31 - 1)
+
+
+_RLIMIT_SCRIPT = r"""
+import json, re, resource, sys, warnings
+import numpy as np
+import edgetrain as et
+import edgetrain.nn.functional as F
+warnings.simplefilter("ignore")            # blas int8: the 'running it on ref' note
+rng = np.random.default_rng(0)
+def t(*s):
+    return et.tensor(rng.standard_normal(s).astype(np.float32), requires_grad=True)
+# (warm-up, limited) pairs. Warm-ups make the thread teams, primitive caches and
+# heap arenas exist; the limited ops' buffers are above glibc's largest mmap
+# threshold (32 MiB), so they need new mappings whatever the heap kept.
+# big: a 64 MiB output. wide: 256 -> 1 channels, a tiny output but 36 MiB of fp32
+# im2col per image (ref, blas); int8 and onednn's direct conv may need no such buffer.
+ops = {
+    "big": ((t(2, 16, 256, 256), t(16, 16, 3, 3)), (t(16, 16, 256, 256), t(16, 16, 3, 3))),
+    "wide": ((t(1, 256, 32, 32), t(1, 256, 3, 3)), (t(4, 256, 64, 64), t(1, 256, 3, 3))),
+}
+def step(x, w):
+    F.conv2d(x, w, padding=1).sum().backward()
+    x.grad = w.grad = None
+def vmsize():
+    return int(re.search(r"VmSize:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+out = []
+for backend in et.backends():
+    for prec in ("fp32", "int8"):
+        for name, (warm, limited) in ops.items():
+            et.set_backend(backend)
+            with et.precision(prec):
+                step(*warm)
+                step(*warm)
+                lim = vmsize() + 2 ** 20          # 1 MiB more address space than now
+                resource.setrlimit(resource.RLIMIT_AS, (lim, hard))
+                try:
+                    step(*limited)
+                    res = ["no error", ""]
+                except BaseException as e:
+                    res = [type(e).__name__, str(e)]
+                finally:
+                    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+                step(*warm)                       # the process goes on
+                out.append([backend, prec, name, *res])
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_allocation_failures_inside_ops_are_memory_errors_naming_the_size():
+    """Every backend, fp32 and int8, conv2d forward + backward in a process whose
+    address space is capped 1 MiB above what it holds after a warm-up at a smaller
+    size: the first buffer that does not fit -- an op's 64 MiB output, or (256 -> 1
+    channels) a 36 MiB im2col buffer inside the op -- raises MemoryError naming its
+    size: no crash, no other exception, and the process goes on once the cap is
+    lifted."""
+    import json
+    import subprocess
+    repo = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, "-c", _RLIMIT_SCRIPT], cwd=repo, capture_output=True,
+                       text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "2"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {(b, p, o) for b, p, o, _, _ in results} == {
+        (b, p, o) for b in et.backends() for p in ("fp32", "int8") for o in ("big", "wide")}
+    size = re.compile(r"\d+ (bytes|floats)|\d+ x \d+ floats|\d+(\.\d+)? [KMG]iB")
+    for backend, prec, op, kind, msg in results:
+        if op == "wide" and kind == "no error":    # needed no buffer beyond the cap
+            continue
+        assert kind == "MemoryError", (backend, prec, op, kind, msg)
+        assert size.search(msg), (backend, prec, op, msg)
+    # the im2col path (ref fp32 has one) did meet the cap inside the op
+    assert [m for b, p, o, k, m in results if (b, p, o) == ("ref", "fp32", "wide")
+            and k == "MemoryError" and "im2col" in m], results

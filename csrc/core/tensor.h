@@ -81,5 +81,9 @@ const char *et_shape_str(const et_tensor *t, char *buf, size_t n);
 /* 64-byte aligned malloc/free for scratch buffers (NULL-safe free). */
 void *et_aligned_alloc(size_t nbytes);
 void et_aligned_free(void *p);
+/* Freed blocks of >= 64 KiB are cached for reuse (tensor.c says why and how much):
+ * free them all now / the bytes held. */
+void et_aligned_cache_clear(void);
+size_t et_aligned_cache_bytes(void);
 
 #endif

@@ -14,8 +14,10 @@ One module per subcommand (train.py, evaluate.py, compare.py, export.py, profile
 with its `add_parser`; what they share is in common.py.
 
 `train` writes into --out DIR, each file atomically (temporary file, fsync,
-rename), after every epoch:
-    checkpoint.et   model + optimizer state, RNG state, epoch, metrics, options
+rename), after every epoch (and checkpoint.et every STEPS steps within epochs
+too with --checkpoint-every STEPS):
+    checkpoint.et   model + optimizer state, RNG state, epoch (and the position
+                    within the next one), metrics, options
                     (edgetrain.checkpoint format: SHA-256 checked, no pickle)
     metrics.jsonl   one JSON object per epoch: epoch, train_loss, train_accuracy,
                     test_loss, test_accuracy, images_per_second, seconds, ...
@@ -84,8 +86,8 @@ def main(argv=None):
     except EdgetrainError as e:    # e.g. a state_dict or shape mismatch met late
         msg = str(e)
     except KeyboardInterrupt:
-        print("\nedgetrain: interrupted (the last completed epoch's checkpoint is kept; "
-              "continue with --resume)", file=sys.stderr)
+        print("\nedgetrain: interrupted (the last checkpoint is kept; continue with "
+              "--resume)", file=sys.stderr)
         return 130
     print(f"edgetrain: error: {one_line(msg)}", file=sys.stderr)
     return 1

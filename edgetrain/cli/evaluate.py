@@ -42,7 +42,11 @@ def cmd_evaluate(args):
     x = normalize(images, norm)
     loss, acc, conf = evaluate_model(model, x, labels, num_classes, args.batch_size)
     n = len(labels)
-    epoch = f" (epoch {ck['epoch']})" if ck is not None else ""
+    epoch = ""
+    if ck is not None:   # a mid-epoch checkpoint (train --checkpoint-every) says where it is
+        part = ck.get("in_epoch")
+        epoch = (f" (epoch {ck['epoch']})" if not part else f" (epoch {ck['epoch'] + 1}, step "
+                 f"{part['batches']}/{part['steps_per_epoch']})")
     print(f"{model_name} {path}{epoch} on {data} {args.split} split, {n} images, precision "
           f"{precision}, backend {backend}")
     print(f"accuracy {acc:.4f} ({int(np.trace(conf))}/{n}), loss {loss:.4f}")

@@ -1,7 +1,11 @@
 """`edgetrain train`: train a model, writing OUT/checkpoint.et, OUT/metrics.jsonl
-and OUT/curves.png after every epoch; `--resume` continues a run exactly."""
+and OUT/curves.png after every epoch (and, with --checkpoint-every STEPS, the
+checkpoint every STEPS steps within epochs too); `--resume` continues a run
+exactly, from an epoch's end or from the middle of one."""
 from __future__ import annotations
 
+import itertools
+import json
 import math
 import os
 import time
@@ -29,8 +33,11 @@ TRAIN_DEFAULTS = {
     "backend": None, "epochs": 10, "batch_size": 64, "lr": None, "optimizer": "sgd",
     "momentum": 0.9, "weight_decay": 0.0, "lr_schedule": "linear", "seed": 0,
     "init": None, "train_only": None, "train_subset": None, "test_subset": None,
+    "checkpoint_every": 0,
 }
-RESUME_MAY_CHANGE = ("epochs", "data_dir", "backend")
+# checkpoint_every: how often the checkpoint is written changes nothing in the
+# results, so --resume may change it too (0: at epoch ends only).
+RESUME_MAY_CHANGE = ("epochs", "data_dir", "backend", "checkpoint_every")
 
 
 # -- train --------------------------------------------------------------------------
@@ -47,7 +54,8 @@ def _resolve_train_config(args):
         if not (isinstance(ck, dict) and ck.get("kind") == CHECKPOINT_KIND):
             raise UserError(f"--resume: {ck_path} is not a training checkpoint of "
                             "`edgetrain train`")
-        config = dict(ck["config"])
+        # checkpoints of older edgetrain versions lack the newer options: their defaults
+        config = {**{k: TRAIN_DEFAULTS[k] for k in ("checkpoint_every",)}, **ck["config"]}
         for k, v in given.items():
             if v is None or k in RESUME_MAY_CHANGE:
                 continue
@@ -75,6 +83,20 @@ def _resolve_train_config(args):
         raise UserError(f"--backend {config['backend']}: not available here (available: "
                         f"{', '.join(et.backends())})")
     return config, ck
+
+
+def _outputs_behind(out, metrics):
+    """Whether metrics.jsonl is not the checkpoint's metrics, or curves.png is missing
+    or older than metrics.jsonl (both are written after the checkpoint, in that order)."""
+    m_path, c_path = os.path.join(out, METRICS), os.path.join(out, CURVES)
+    try:
+        with open(m_path, "rb") as f:
+            rows = [json.loads(line) for line in f.read().splitlines()]
+        if rows != metrics:
+            return True
+        return os.stat(c_path).st_mtime_ns < os.stat(m_path).st_mtime_ns
+    except (OSError, ValueError):
+        return True
 
 
 def cmd_train(args):
@@ -113,6 +135,10 @@ def cmd_train(args):
     opt = make_optimizer(config, params)
     metrics = []
     start_epoch = 0
+    # A mid-epoch checkpoint (--checkpoint-every) holds the partial epoch: the batches
+    # done and the running sums of its metrics; None at an epoch's end (and in
+    # checkpoints of versions without --checkpoint-every, which lack the key).
+    in_epoch = None
     if ck is not None:
         try:
             opt.load_state_dict(ck["optimizer"])
@@ -122,19 +148,37 @@ def cmd_train(args):
         et.random.set_rng_state(ck["rng"])
         metrics = list(ck["metrics"])
         start_epoch = int(ck["epoch"])
+        in_epoch = ck.get("in_epoch")
+
+    n_train, bs = len(x), config["batch_size"]
+    steps_per_epoch = (n_train + bs - 1) // bs
+    if in_epoch is not None and int(in_epoch["steps_per_epoch"]) != steps_per_epoch:
+        # a moved --data-dir with another number of images: the batch order differs
+        raise UserError(f"--resume: {out} stopped within epoch {start_epoch + 1} of "
+                        f"{in_epoch['steps_per_epoch']} steps; this data gives "
+                        f"{steps_per_epoch} steps per epoch (batch {bs}, {n_train} images)")
 
     prepare_out(out)
     remove_stale_temporaries(out)
     epochs = config["epochs"]
     if start_epoch >= epochs:
+        # a kill between the last checkpoint and metrics.jsonl / curves.png leaves
+        # those a step behind: bring them up to date (a finished run is left as is)
+        if ck is not None and _outputs_behind(out, metrics):
+            write_metrics(out, metrics)
+            write_curves(out, metrics)
+            print(f"{out}: restored {METRICS} and {CURVES} from the checkpoint")
         print(f"{out}: {start_epoch} epoch(s) already done (--epochs {epochs}); nothing to do")
         return 0
     if ck is not None:
         write_metrics(out, metrics)   # drop lines of an epoch the checkpoint does not hold
-        print(f"resuming {out} after epoch {start_epoch}")
+        if in_epoch is None:
+            print(f"resuming {out} after epoch {start_epoch}")
+        else:
+            print(f"resuming {out} in epoch {start_epoch + 1} after step "
+                  f"{in_epoch['batches']}/{steps_per_epoch}")
 
-    n_train, bs = len(x), config["batch_size"]
-    steps_per_epoch = (n_train + bs - 1) // bs
+    every = int(config["checkpoint_every"] or 0)
     total_steps = steps_per_epoch * epochs
     frozen = sum(1 for p in model.parameters() if not p.requires_grad)
     print(f"{config['model']} ({sum(p.numel() for p in params)} trainable parameters"
@@ -145,19 +189,40 @@ def cmd_train(args):
           flush=True)
     tqdm = None if args.no_progress else tqdm_or_none()
     crit = et.nn.CrossEntropyLoss()
+
+    def save_checkpoint(done_epochs, step, partial):
+        """checkpoint.et: everything an exact continuation needs (RNG state last
+        drawn from, optimizer state, metrics so far; `partial` the in_epoch record)."""
+        state = {
+            "kind": CHECKPOINT_KIND, "edgetrain_version": et.__version__,
+            "model_name": config["model"], "num_classes": num_classes,
+            "normalization": list(norm), "config": config, "epoch": done_epochs,
+            "step": step, "in_epoch": partial,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "rng": et.random.get_rng_state(), "metrics": metrics,
+        }
+        write_out(os.path.join(out, CHECKPOINT), "checkpoint", lambda f: et.save(state, f))
+
     for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
         model.train()
+        # the epoch's batch order depends on (seed, epoch) alone; a run resumed
+        # mid-epoch draws the same order and skips the batches already done
         loader = et.data.DataLoader((x, y), batch_size=bs, shuffle=True,
                                     seed=epoch_seed(config["seed"], epoch))
+        skip, loss_sum, correct, seen, done_s = 0, 0.0, 0, 0, 0.0
+        if in_epoch is not None and epoch == start_epoch:
+            skip = int(in_epoch["batches"])
+            loss_sum, correct = float(in_epoch["loss_sum"]), int(in_epoch["correct"])
+            seen, done_s = int(in_epoch["seen"]), float(in_epoch["train_seconds"])
+        # t0 counts the time the partial epoch took before the restart
+        t0 = time.perf_counter() - done_s
+        it = itertools.islice(loader, skip, None) if skip else loader
         bar = None
-        it = loader
         if tqdm is not None:
-            bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{epochs}",
+            bar = tqdm(it, total=len(loader), initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
                        unit="batch", leave=False, dynamic_ncols=True)
             it = bar
-        loss_sum, correct, seen = 0.0, 0, 0
-        step = epoch * steps_per_epoch
+        step = epoch * steps_per_epoch + skip
         for bx, by in it:
             lr = lr_at(config, step, total_steps)
             for g in opt.param_groups:
@@ -182,6 +247,14 @@ def cmd_train(args):
             if bar is not None:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+            # mid-epoch checkpoint every `every` steps (counted over the whole run);
+            # the epoch's last step is checkpointed below, with the epoch's metrics
+            if every and step % every == 0 and step % steps_per_epoch != 0:
+                save_checkpoint(epoch, step, {
+                    "batches": step - epoch * steps_per_epoch,
+                    "steps_per_epoch": steps_per_epoch, "loss_sum": loss_sum,
+                    "correct": correct, "seen": seen,
+                    "train_seconds": time.perf_counter() - t0})
         if bar is not None:
             bar.close()
         train_s = time.perf_counter() - t0
@@ -194,16 +267,8 @@ def cmd_train(args):
             "lr": lr, "model": config["model"], "precision": config["precision"],
             "backend": config["backend"], "data": config["data"],
         })
-        state = {
-            "kind": CHECKPOINT_KIND, "edgetrain_version": et.__version__,
-            "model_name": config["model"], "num_classes": num_classes,
-            "normalization": list(norm), "config": config, "epoch": epoch + 1,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "rng": et.random.get_rng_state(), "metrics": metrics,
-        }
         # checkpoint first: metrics.jsonl and curves.png are rebuilt from it on --resume
-        write_out(os.path.join(out, CHECKPOINT), "checkpoint",
-                   lambda f: et.save(state, f))
+        save_checkpoint(epoch + 1, step, None)
         write_metrics(out, metrics)
         write_curves(out, metrics)
         m = metrics[-1]
@@ -219,8 +284,9 @@ def add_parser(sub):
         "train", help="train a model, writing a checkpoint, metrics.jsonl and curves.png",
         description="Train a model on an MNIST-format data set. After every epoch writes "
                     "OUT/checkpoint.et, OUT/metrics.jsonl (one JSON object per epoch) and "
-                    "OUT/curves.png, each atomically. --resume continues a run exactly "
-                    "(same final weights as an uninterrupted run).")
+                    "OUT/curves.png, each atomically; with --checkpoint-every STEPS, the "
+                    "checkpoint every STEPS steps too. --resume continues a run exactly, "
+                    "from its last checkpoint (same final weights as an uninterrupted run).")
     d = TRAIN_DEFAULTS
     # defaults are None here so --resume can tell what was given; the help shows the real ones
     t.add_argument("--model", choices=MODELS, default=None,
@@ -266,8 +332,13 @@ def add_parser(sub):
     t.add_argument("--out", required=True, metavar="DIR",
                    help="run directory (created if needed)")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last completed epoch, with its "
-                        "options")
+                   help="continue the run in --out from its last checkpoint (an epoch's end, "
+                        "or a step within one with --checkpoint-every), with its options")
+    t.add_argument("--checkpoint-every", type=nonneg_int, default=None, metavar="STEPS",
+                   help="also write the checkpoint every STEPS training steps within epochs "
+                        "(position in the epoch, optimizer and RNG state, metrics so far), so "
+                        "a killed run loses at most STEPS steps; 0: at epoch ends only (the "
+                        "default); --resume may change it")
     t.add_argument("--train-subset", type=positive_int, default=None, metavar="N",
                    help="train on the first N training images only (for quick runs)")
     t.add_argument("--test-subset", type=positive_int, default=None, metavar="N",
