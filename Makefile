@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Tests use every core we have; benchmarks pin their own thread counts.
 PYTEST_ARGS ?=
 
-.PHONY: build deps apt venv ext test demo bench accuracy clean
+.PHONY: build deps apt venv ext test demo bench stress accuracy clean
 
 build: apt venv ext
 
@@ -56,9 +56,17 @@ test: build
 demo: build
 	$(PY) -m edgetrain.demo
 
-# Training step, fp32 vs int8 on onednn vs PyTorch (a few minutes).
+# Issue 5's grids on a quiet machine (~45 min): the training step (5 models x
+# backends x precisions vs PyTorch eager / channels-last) and inference (batch
+# 1..256 vs PyTorch and ONNX Runtime); results in benchmarks/results/.
 bench: build
-	$(PY) benchmarks/bench_train_step.py --backends onednn --precisions fp32,int8
+	$(PY) benchmarks/bench_train_step.py --profile
+	$(PY) benchmarks/bench_inference.py
+
+# Issue 6's long checks (~12 min): 100 random SIGKILLs with --resume, and
+# 20,000 lenet int8 steps with flat RSS; records in benchmarks/results/stress/.
+stress: build
+	$(PY) stress/run_all.py
 
 # Accuracy table of issue 3 (hours for the full ResNet-18 runs; resumable).
 accuracy: build
