@@ -1,8 +1,9 @@
 """Builds edgetrain._C, the C core (csrc/), against NumPy, OpenBLAS and oneDNN.
 
-Every .c file under csrc/ is compiled; the backends that need a library
-(blas: OpenBLAS's cblas.h, onednn: oneapi/dnnl/dnnl.h) are compiled only when
-its header is present, and say so through ET_HAVE_BLAS / ET_HAVE_ONEDNN.
+Every .c file under csrc/ is compiled, except csrc/tests/ (the sanitizer test
+drivers); the backends that need a library (blas: OpenBLAS's cblas.h, onednn:
+oneapi/dnnl/dnnl.h) are compiled only when its header is present, and say so
+through ET_HAVE_BLAS / ET_HAVE_ONEDNN.
 `make build` installs both libraries (Debian's libopenblas-dev, libdnnl-dev).
 """
 import glob
@@ -18,7 +19,10 @@ def have_header(*candidates):
     return any(os.path.exists(p) for p in candidates)
 
 
-sources = sorted(glob.glob(os.path.join("csrc", "**", "*.c"), recursive=True))
+# csrc/tests/ holds the sanitizer drivers (programs with a main(), built by
+# `make test-asan` / `make test-tsan`), not part of the extension.
+sources = sorted(s for s in glob.glob(os.path.join("csrc", "**", "*.c"), recursive=True)
+                 if not s.startswith(os.path.join("csrc", "tests", "")))
 define_macros = []
 libraries = ["m", "pthread"]
 include_dirs = [numpy.get_include(), "csrc"]
