@@ -379,15 +379,19 @@ static et_status take_status(et_queue *q, uint64_t t, char *msg)
     return ET_OK;
 }
 
-/* A WAIT record: the calling thread was in wait / wait_all from t0 to now. */
-static void record_wait(et_queue *q, const char *label, uint64_t ticket, et_status st, int64_t t0)
+/* A WAIT record: the calling thread was in wait / wait_all from t0 to now.
+ * Takes the queue's id, not q: it runs after leave(), when et_queue_free may
+ * already have freed q (found by ThreadSanitizer, csrc/tests/queue_stress.c
+ * free_with_waiter: a read of q->id racing free(q)). */
+static void record_wait(uint64_t queue_id, const char *label, uint64_t ticket, et_status st,
+                        int64_t t0)
 {
     et_prof_record r;
     memset(&r, 0, sizeof r);
     r.kind = ET_PROF_WAIT;
     r.status = (int32_t)st;
     r.label = label;
-    r.queue = q->id;
+    r.queue = queue_id;
     r.ticket = ticket;
     r.thread = et_prof_thread();
     r.t_submit = r.t_start = t0;
@@ -417,9 +421,10 @@ et_status et_queue_wait(et_queue *q, uint64_t ticket)
     q->inside++;
     while (q->completed < ticket) pthread_cond_wait(&q->done, &q->mu);
     et_status st = take_status(q, ticket, msg);
+    const uint64_t qid = q->id;   /* q may be freed once we have left */
     leave(q);
     pthread_mutex_unlock(&q->mu);
-    if (t0) record_wait(q, "queue.wait", ticket, st, t0);
+    if (t0) record_wait(qid, "queue.wait", ticket, st, t0);
     if (st != ET_OK) et_error_set_message(msg);
     return st;
 }
@@ -477,9 +482,10 @@ et_status et_queue_wait_all(et_queue *q)
             }
         }
     }
+    const uint64_t qid = q->id;   /* q may be freed once we have left */
     leave(q);
     pthread_mutex_unlock(&q->mu);
-    if (t0) record_wait(q, "queue.wait_all", upto, st, t0);
+    if (t0) record_wait(qid, "queue.wait_all", upto, st, t0);
     if (st != ET_OK) et_error_set_message(msg);
     return st;
 }
