@@ -136,7 +136,8 @@ test-asan: build $(SAN_DIR)/asan/.stamp $(SAN_DIR)/queue_leak $(SAN_DIR)/queue_l
 test-tsan: build $(SAN_DIR)/tsan/.stamp $(SAN_DIR)/queue_stress_tsan $(SAN_DIR)/planted_tsan.so
 	$(SAN_ENV) tests/sanitizers/run.sh tsan
 
-# Property-based fuzzing (issue 6.2): fuzz/run_all.py.
+# Property-based fuzzing (issue 6.2): fuzz/run_all.py; FUZZ_MINUTES per fuzzer
+# (idx, checkpoint, ops properties, ops calls: 4 x FUZZ_MINUTES in all).
 FUZZ_MINUTES ?= 10
 fuzz: build
 	$(PY) fuzz/run_all.py --minutes $(FUZZ_MINUTES)

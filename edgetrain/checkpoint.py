@@ -42,7 +42,12 @@ directory, fsyncs it, renames it over `path` and fsyncs the directory, so
 Errors: `load` raises `edgetrain.CheckpointError` (an EdgetrainError and a
 ValueError) naming the file and what is wrong -- not a checkpoint (bad magic),
 an unsupported version, truncated, checksum mismatch, a malformed manifest --
-and FileNotFoundError / other OSErrors as open() does. `save` raises TypeError
+and FileNotFoundError / other OSErrors as open() does. A valid checksum proves
+nothing about who wrote the file, so the manifest is checked against what
+`save` writes (array dtypes "<f4"-style bool/int/uint/float/complex strings,
+shapes and offsets plain non-negative ints fitting the data, no NaN/Infinity
+in the JSON, at most numpy's 64 dims) before numpy sees any of it; fuzzed by
+fuzz/fuzz_checkpoint.py. `save` raises TypeError
 for what it cannot store and OSError (no space, read-only, ...) as the file
 system reports it, after removing its temporary file.
 """
@@ -53,6 +58,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 
@@ -94,6 +100,9 @@ class _Encoder:
             return obj
         if isinstance(obj, int) and not isinstance(obj, bool):
             return int(obj)
+        if isinstance(obj, np.generic) and obj.dtype.kind in _DTYPE_KINDS:
+            # before float: np.float64 IS a float, and would come back as one
+            return {"scalar": self._array(np.asarray(obj), where)}
         if isinstance(obj, float):
             if math.isfinite(obj):
                 return float(obj)
@@ -283,7 +292,10 @@ def _parse(buf, name):
         raise CheckpointError(f"load: {name}: unsupported flags {flags:#x}")
     m0 = _HEADER.size
     try:
-        manifest = json.loads(bytes(buf[m0:m0 + mlen]).decode("utf-8"))
+        # save writes no NaN/Infinity (allow_nan=False): a manifest holding them
+        # is not one of ours (and int(inf) would raise OverflowError below)
+        manifest = json.loads(bytes(buf[m0:m0 + mlen]).decode("utf-8"),
+                              parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointError(f"load: {name}: malformed manifest: {e}") from None
     if not (isinstance(manifest, dict) and "tree" in manifest
@@ -292,22 +304,62 @@ def _parse(buf, name):
     d0 = m0 + mlen
     arrays = []
     for i, meta in enumerate(manifest["arrays"]):
-        try:
-            dtype = np.dtype(meta["dtype"])
-            shape = tuple(int(s) for s in meta["shape"])
-            off, nbytes = int(meta["offset"]), int(meta["nbytes"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"load: {name}: malformed manifest: array {i}: {e}") from None
-        if (dtype.kind not in _DTYPE_KINDS or any(s < 0 for s in shape)
-                or nbytes != dtype.itemsize * math.prod(shape)
-                or off < 0 or off + nbytes > dlen):
-            raise CheckpointError(f"load: {name}: malformed manifest: array {i} "
-                                  f"({meta['dtype']}, shape {shape}, {nbytes} bytes at "
-                                  f"{off}) does not fit the {dlen} data bytes")
-        a = np.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=d0 + off)
+        dtype, shape, off, nbytes = _array_meta(meta, i, name, dlen)
+        a = np.frombuffer(buf, dtype=dtype, count=nbytes // dtype.itemsize, offset=d0 + off)
         # native byte order, writable, owning its memory (not a view of the file buffer)
         arrays.append(a.astype(dtype.newbyteorder("="), copy=True).reshape(shape))
     return _decode_tree(manifest["tree"], arrays, name)
+
+
+def _reject_constant(c):
+    raise ValueError(f"non-finite number {c} (save never writes one)")
+
+
+# What save writes for an array's dtype: numpy's dtype.str of a bool / int /
+# uint / float / complex dtype ("<f4", "|u1", "|b1", ">c16"...), nothing else
+# (no object, void, str, datetime, structured or subarray dtypes).
+_DTYPE_STR = re.compile(r"[<>|=][biufc][0-9]{1,2}")
+# numpy's limit on dimensions (NPY_MAXDIMS: 64 in numpy 2, 32 before)
+_MAX_NDIM = 64 if int(np.__version__.split(".")[0]) >= 2 else 32
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _array_meta(meta, i, name, dlen):
+    """Checks one manifest array entry against what save writes and the data
+    length: -> (dtype, shape, offset, nbytes), else CheckpointError. Strict
+    types (a dtype string, int sizes), so nothing numpy does with them later
+    (frombuffer, reshape) can fail or allocate more than the file holds."""
+    def bad(msg):
+        return CheckpointError(f"load: {name}: malformed manifest: array {i}: {msg}")
+
+    if not (isinstance(meta, dict) and {"dtype", "shape", "offset", "nbytes"} <= meta.keys()):
+        raise bad(f"expected {{dtype, shape, offset, nbytes}}, got {str(meta)[:80]}")
+    ds, shape, off, nbytes = meta["dtype"], meta["shape"], meta["offset"], meta["nbytes"]
+    if not (isinstance(ds, str) and _DTYPE_STR.fullmatch(ds)):
+        raise bad(f"dtype {str(ds)[:40]!r} is not a bool/int/uint/float/complex dtype")
+    try:
+        dtype = np.dtype(ds)
+    except TypeError:                       # e.g. "<f3": no such type
+        raise bad(f"unknown dtype {ds!r}") from None
+    if dtype.kind not in _DTYPE_KINDS:
+        raise bad(f"dtype {ds!r} is not a bool/int/uint/float/complex dtype")
+    if not (isinstance(shape, list) and all(_is_int(s) and s >= 0 for s in shape)):
+        raise bad(f"shape {str(shape)[:80]} is not a list of non-negative ints")
+    if len(shape) > _MAX_NDIM:
+        raise bad(f"{len(shape)} dimensions; numpy arrays have at most {_MAX_NDIM}")
+    if not (_is_int(off) and _is_int(nbytes)):
+        raise bad(f"offset {str(off)[:40]} / nbytes {str(nbytes)[:40]} are not ints")
+    # numpy refuses shapes whose product of NON-ZERO dims (times the item size)
+    # overflows its intp, even with a zero dim
+    if math.prod(s or 1 for s in shape) * dtype.itemsize >= 2 ** 63:
+        raise bad(f"shape {shape} of {ds} is too large for an array")
+    if (nbytes != dtype.itemsize * math.prod(shape) or off < 0 or off + nbytes > dlen):
+        raise bad(f"({ds}, shape {tuple(shape)}, {nbytes} bytes at {off}) does not fit "
+                  f"the {dlen} data bytes")
+    return dtype, tuple(shape), off, nbytes
 
 
 def load(f):

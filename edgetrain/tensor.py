@@ -288,17 +288,27 @@ class Clamp(Function):
         return g * m, None, None
 
 
+def _aligned(a):
+    """C-contiguous AND aligned, same shape (0-d stays 0-d): what _C accepts.
+    Copies only when `a` is neither (e.g. a transposed view, or a float32
+    array at an odd byte offset of a buffer)."""
+    return np.require(a, requirements=("C", "A"))
+
+
 class Relu(Function):
     """relu through the C kernel (float32); y is saved: dx = dy where y > 0."""
     @staticmethod
     def forward(ctx, a):
-        y = _C.relu_forward(np.ascontiguousarray(a))
+        # np.require, not ascontiguousarray: that one makes 0-d arrays 1-d (a
+        # 0-d relu came back with shape (1,) and its backward failed) and
+        # returns misaligned contiguous arrays as they are (_C refuses them)
+        y = _C.relu_forward(_aligned(a))
         ctx.save_for_backward(y)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        return _C.relu_backward(np.ascontiguousarray(g), ctx.saved_tensors[0])
+        return _C.relu_backward(_aligned(g), ctx.saved_tensors[0])
 
 
 def _axes(dim, ndim):
@@ -452,15 +462,15 @@ class MatMul2D(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.backend = get_backend()
-        a = np.ascontiguousarray(a)
-        b = np.ascontiguousarray(b)
+        a = _aligned(a)
+        b = _aligned(b)
         ctx.save_for_backward(a, b)
         return _C.matmul(a, b, backend=ctx.backend)
 
     @staticmethod
     def backward(ctx, g):
         a, b = ctx.saved_tensors
-        g = np.ascontiguousarray(g)
+        g = _aligned(g)
         ga = gb = None
         if ctx.needs_input_grad[0]:       # dA (M,K) = dY (M,N) @ B^T
             ga = _C.matmul(g, b, trans_b=True, backend=ctx.backend)

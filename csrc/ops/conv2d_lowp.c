@@ -290,6 +290,16 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
     float dw_scale = 1.0f;
     et_prep_dw_geom gw;
 
+    if (dx) {
+        /* no dy element reaches x (padding beyond the kernel's reach with a
+         * stride skipping x): dx is exactly zero, no product to run */
+        et_prep_dx_geom g0;
+        et_prep_dx_geometry(p, in, K, O, &g0);
+        if (et_prep_dx_unreached(&g0)) {
+            memset(dx->data, 0, (size_t)nx * sizeof(float));
+            dx = NULL;
+        }
+    }
     if ((dx && o->prec_dx == ET_PREC_INT8) || (dw && o->prec_dw == ET_PREC_INT8)) {
         LP_ALLOC(dyq, ndy, "the quantized grad_output");
         LP_PROF("quantize.grad_output", "int8", ndy * 5,

@@ -33,6 +33,11 @@ void et_prep_dx_geometry(const et_conv2d_params *p, const int64_t in[2], const i
                 g->crop_lo[1] == 0 && g->dd[0] == o[0] && g->dd[1] == o[1]);
 }
 
+int et_prep_dx_unreached(const et_prep_dx_geom *g)
+{
+    return g->dd[0] <= 0 || g->dd[1] <= 0;
+}
+
 void et_prep_dw_geometry(const et_conv2d_params *p, const int64_t in[2], const int64_t k[2],
                          const int64_t o[2], et_prep_dw_geom *g)
 {

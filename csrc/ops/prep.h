@@ -25,9 +25,16 @@ typedef struct et_prep_dx_geom {
     int64_t pad_lo[2], pad_hi[2], crop_lo[2], dd[2];
     int copy;
 } et_prep_dx_geom;
-/* in: x's (H, W); k: (KH, KW); o: dy's (OH, OW). */
+/* in: x's (H, W); k: (KH, KW); o: dy's (OH, OW). dd[i] <= 0 when the crop
+ * leaves nothing: padding beyond the dilated kernel's reach with a stride that
+ * skips x, so every output reads padding only and no dy element reaches x
+ * (e.g. H 1, K 1, stride 3, padding 1): dx is all zeros then, see
+ * et_prep_dx_unreached. */
 void et_prep_dx_geometry(const et_conv2d_params *p, const int64_t in[2], const int64_t k[2],
                          const int64_t o[2], et_prep_dx_geom *g);
+
+/* 1 when no element of dy reaches x (dx == 0 exactly, no product to run). */
+int et_prep_dx_unreached(const et_prep_dx_geom *g);
 
 /* Geometry of the backward-weight conv (stride d, dilation s, pad_lo p,
  * pad_hi making the output >= K); ko: its output (KHo, KWo) >= (KH, KW). */

@@ -387,6 +387,42 @@ static int unfold_args(const char *op, PyObject *ok, PyObject *os, PyObject *opl
                          (long long)u->s[1], (long long)u->d[0], (long long)u->d[1]);
             return -1;
         }
+    /* as the pooling kernels: absurd parameters are refused before any index
+     * arithmetic (padding 2^62 made the output width 2^61 + 1, whose product
+     * with the height wrapped to a small column buffer: a segfault, found by
+     * fuzz/fuzz_ops.py) */
+    for (int i = 0; i < 2; i++)
+        if (u->k[i] > INT32_MAX || u->s[i] > INT32_MAX || u->d[i] > INT32_MAX ||
+            u->pl[i] > INT32_MAX || u->ph[i] > INT32_MAX) {
+            PyErr_Format(et_py_ValueError, "%s: sizes and parameters must be <= 2147483647, got "
+                         "kernel_size (%lld, %lld), stride (%lld, %lld), pad_lo (%lld, %lld), "
+                         "pad_hi (%lld, %lld), dilation (%lld, %lld)", op,
+                         (long long)u->k[0], (long long)u->k[1], (long long)u->s[0],
+                         (long long)u->s[1], (long long)u->pl[0], (long long)u->pl[1],
+                         (long long)u->ph[0], (long long)u->ph[1], (long long)u->d[0],
+                         (long long)u->d[1]);
+            return -1;
+        }
+    return 0;
+}
+
+/* R = C*KH*KW rows and L = OH*OW columns per image, and N*R*L, without int64
+ * overflow: 0, or -1 with ShapeError (a wrapped product would size a small
+ * buffer for loops over the true extent). */
+static int unfold_sizes(const char *op, int64_t N, int64_t C, const unfold_params *u,
+                        const int64_t o[2], int64_t *R, int64_t *L)
+{
+    int64_t r, l, t;
+    if (__builtin_mul_overflow(C, u->k[0], &r) || __builtin_mul_overflow(r, u->k[1], &r) ||
+        __builtin_mul_overflow(o[0], o[1], &l) || __builtin_mul_overflow(N, r, &t) ||
+        __builtin_mul_overflow(t, l, &t)) {
+        PyErr_Format(et_py_ValueError, "%s: the columns (%lld, %lld*%lld*%lld, %lld*%lld) "
+                     "overflow 64-bit sizes", op, (long long)N, (long long)C, (long long)u->k[0],
+                     (long long)u->k[1], (long long)o[0], (long long)o[1]);
+        return -1;
+    }
+    *R = r;
+    *L = l;
     return 0;
 }
 
@@ -426,7 +462,9 @@ static PyObject *py_im2col(PyObject *self, PyObject *args, PyObject *kw)
     int64_t o[2];
     if (unfold_out(op, x.shape, &u, o) < 0) return NULL;
     const int64_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3];
-    int64_t cs[3] = {N, C * u.k[0] * u.k[1], o[0] * o[1]};
+    int64_t R, L;
+    if (unfold_sizes(op, N, C, &u, o, &R, &L) < 0) return NULL;
+    int64_t cs[3] = {N, R, L};
     PyObject *out = et_py_empty(3, cs, ET_F32, 0, &c);
     if (!out) return NULL;
     Py_BEGIN_ALLOW_THREADS
@@ -454,14 +492,16 @@ static PyObject *py_col2im(PyObject *self, PyObject *args, PyObject *kw)
         unfold_args(op, ok, os, opl, oph, od, &u) < 0)
         return NULL;
     for (int i = 0; i < 4; i++)
-        if (xs[i] <= 0) {
-            PyErr_Format(et_py_ValueError, "%s: x_shape must be positive, got (%lld, %lld, %lld, %lld)",
-                         op, (long long)xs[0], (long long)xs[1], (long long)xs[2], (long long)xs[3]);
+        if (xs[i] <= 0 || xs[i] > INT32_MAX) {
+            PyErr_Format(et_py_ValueError, "%s: x_shape must be in [1, 2^31), got (%lld, %lld, "
+                         "%lld, %lld)", op, (long long)xs[0], (long long)xs[1], (long long)xs[2],
+                         (long long)xs[3]);
             return NULL;
         }
     if (unfold_out(op, xs, &u, o) < 0) return NULL;
     const int64_t N = xs[0], C = xs[1], H = xs[2], W = xs[3];
-    const int64_t R = C * u.k[0] * u.k[1], L = o[0] * o[1];
+    int64_t R, L;
+    if (unfold_sizes(op, N, C, &u, o, &R, &L) < 0) return NULL;
     if (c.ndim != 3 || c.shape[0] != N || c.shape[1] != R || c.shape[2] != L) {
         char s[96];
         return et_py_raise(et_error(ET_ERR_VALUE, "%s: cols %s must be (%lld, %lld, %lld) for "

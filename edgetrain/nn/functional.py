@@ -26,8 +26,11 @@ __all__ = ["conv2d", "linear", "relu", "relu_", "relu6", "hardtanh", "max_pool2d
 
 
 def _c(a):
-    """C-contiguous aligned ndarray for _C."""
-    return np.ascontiguousarray(a)
+    """C-contiguous aligned ndarray for _C. np.require, not ascontiguousarray:
+    that one returns a misaligned contiguous array (e.g. float32 at an odd
+    byte offset of a buffer) as it is, which _C refuses, and makes 0-d arrays
+    1-d."""
+    return np.require(a, requirements=("C", "A"))
 
 
 def _pair(v, op, name, allow_zero=True, allow_neg=False):
@@ -283,7 +286,9 @@ def linear(input, weight, bias=None):
         if bias.shape != (out_f,):
             raise ShapeError(f"{op}: bias must have shape ({out_f},), got {bias.shape}")
     lead = input.shape[:-1]
-    x2 = input if input.ndim == 2 else input.reshape(-1, in_f)
+    # the row count spelled out: reshape(-1, 0) of an empty input is ambiguous
+    # (a RuntimeError); with it _C names the empty dimension (ShapeError)
+    x2 = input if input.ndim == 2 else input.reshape(int(np.prod(lead, dtype=np.int64)), in_f)
     y = _Linear.apply(x2, weight, bias)
     return y if input.ndim == 2 else y.reshape(lead + (out_f,))
 
@@ -534,6 +539,8 @@ class _MaskMul(Function):
 
 
 def dropout(input, p=0.5, training=True, inplace=False):
+    if not isinstance(input, Tensor):
+        raise TypeError(f"dropout: input must be an edgetrain Tensor, got {type(input).__name__}")
     if not isinstance(p, numbers.Real) or not 0.0 <= p <= 1.0:
         raise ShapeError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
@@ -580,6 +587,10 @@ def log_softmax(input, dim=None, _stacklevel=3, dtype=None):
     if d is None:
         raise IndexError(f"{op}: dimension out of range (expected to be in range of "
                          f"[{-input.ndim}, {input.ndim - 1}], but got {dim})")
+    if input.numel() == 0:
+        # nothing to normalise (and reshape(-1, 0) below is ambiguous): an
+        # empty result of the same shape, as PyTorch
+        return input * 0.0
     if input.ndim == 2 and d == 1:
         return _LogSoftmax2D.apply(input)
     # move `dim` last, flatten the rest to rows, run the (N, C) kernel, undo
@@ -744,8 +755,18 @@ class _Pad(Function):
 
 def pad(input, pad, mode="constant", value=0.0):
     """Constant padding; `pad` lists (left, right) pairs from the last dim."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"pad: input must be an edgetrain Tensor, got {type(input).__name__}")
     if mode != "constant":
         raise UnsupportedError(f"pad: mode {mode!r} is not supported (only 'constant')")
+    try:
+        pad = list(pad) if not isinstance(pad, (str, bytes)) else None
+    except TypeError:
+        pad = None
+    if pad is None or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool)
+                              for v in pad):
+        raise TypeError(f"pad: pad must be a sequence of ints (left, right, top, bottom, ...), "
+                        f"got {pad!r}")
     if len(pad) % 2 or len(pad) // 2 > input.ndim:
         raise ShapeError(f"pad: padding length must be even and at most 2*ndim, got {pad}")
     pads = [(0, 0)] * input.ndim
