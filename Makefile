@@ -85,7 +85,7 @@ ASAN_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 # ignored pragmas, and variables used only in their if() clauses.)
 TSAN_CFLAGS := -fsanitize=thread -g -O1 -fno-openmp -Wno-unknown-pragmas -Wno-unused-variable
 # The queue and what it calls: what the drivers link.
-QUEUE_SRC := csrc/queue/queue.c csrc/core/status.c csrc/core/profile.c
+QUEUE_SRC := csrc/queue/queue.c csrc/core/status.c csrc/core/profile.c csrc/core/threads.c
 QUEUE_DEPS := $(QUEUE_SRC) $(wildcard csrc/queue/*.h csrc/core/*.h)
 DRIVER_CFLAGS := -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Icsrc -pthread
 

@@ -291,3 +291,52 @@ def test_allocation_failures_inside_ops_are_memory_errors_naming_the_size():
     # the im2col path (ref fp32 has one) did meet the cap inside the op
     assert [m for b, p, o, k, m in results if (b, p, o) == ("ref", "fp32", "wide")
             and k == "MemoryError" and "im2col" in m], results
+
+
+_THREAD_LIMIT_SCRIPT = r"""
+import json, sys
+import numpy as np
+import edgetrain as et
+import edgetrain.nn.functional as F
+rs = np.random.RandomState(0)
+a = rs.randn(64, 300).astype(np.float32)
+w = rs.randn(50, 300).astype(np.float32)
+x4 = rs.randn(4, 8, 12, 12).astype(np.float32)
+k4 = rs.randn(16, 8, 3, 3).astype(np.float32)
+# float64 references
+ref_lin = a.astype(np.float64) @ w.T.astype(np.float64)
+cols = np.lib.stride_tricks.sliding_window_view(np.pad(x4, ((0, 0), (0, 0), (1, 1), (1, 1))),
+                                                (3, 3), axis=(2, 3))   # N C H W 3 3
+ref_conv = np.einsum("nchwij,ocij->nohw", cols.astype(np.float64), k4.astype(np.float64))
+out = {}
+# onednn first: it sizes its thread pool at its first primitive, and the wrong
+# answers showed only when no other OpenMP region had run before it
+for b in sorted(et.backends(), key=lambda b: b != "onednn"):
+    et.set_backend(b)
+    lin = F.linear(et.tensor(a), et.tensor(w)).numpy()
+    conv = F.conv2d(et.tensor(x4), et.tensor(k4), padding=1).numpy()
+    out[b] = [float(np.abs(lin - ref_lin).max()), float(np.abs(conv - ref_conv).max())]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("env", [{"OMP_THREAD_LIMIT": "1"},
+                                 {"OMP_THREAD_LIMIT": "1", "OMP_NUM_THREADS": "2"},
+                                 {"OMP_THREAD_LIMIT": "2", "OMP_NUM_THREADS": "4"}])
+def test_thread_limit_below_thread_count_gives_right_answers(env):
+    """OMP_THREAD_LIMIT below the thread count asked for: libgomp caps the team
+    but omp_get_max_threads() still answers the larger count, and oneDNN 2.6
+    then left parts of a matmul's output uncomputed (errors of 1e24 before the
+    fix in csrc/core/threads.c). Every backend must give float-rounding
+    answers for linear and conv2d."""
+    import json
+    import subprocess
+    repo = Path(__file__).resolve().parent.parent
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
+    r = subprocess.run([sys.executable, "-c", _THREAD_LIMIT_SCRIPT], cwd=repo, capture_output=True,
+                       text=True, timeout=300, env={**base, "PYTHONPATH": str(repo), **env})
+    assert r.returncode == 0, r.stderr[-3000:]
+    errs = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(errs) == set(et.backends())
+    for b, (lin, conv) in errs.items():
+        assert lin < 1e-3 and conv < 1e-3, (env, b, lin, conv)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../backends/backend.h"
+#include "../core/threads.h"
 
 PyObject *et_py_EdgetrainError;
 PyObject *et_py_ValueError;
@@ -193,6 +194,7 @@ static PyObject *new_exc(PyObject *m, const char *name, PyObject *bases)
 PyMODINIT_FUNC PyInit__C(void)
 {
     import_array();
+    et_threads_respect_limit();   /* the CPU kernels' OpenMP teams run on this thread */
     PyObject *m = PyModule_Create(&moduledef);
     if (!m) return NULL;
     PyObject *bases = NULL;

@@ -46,6 +46,8 @@
  */
 #include "queue.h"
 
+#include "../core/threads.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -155,6 +157,7 @@ static void record_job(et_queue *q, uint64_t ticket, const et_job_slot *s, et_st
 static void *worker_main(void *arg)
 {
     et_queue *q = arg;
+    et_threads_respect_limit();   /* the backends' OpenMP teams run on this thread */
     pthread_mutex_lock(&q->mu);
     for (;;) {
         while (q->state == ET_QUEUE_OPEN && q->completed == q->submitted)
