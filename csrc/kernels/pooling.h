@@ -35,7 +35,8 @@ typedef struct et_pool2d_params {
 et_status et_pool2d_output_size(const char *op, const int64_t xshape[4],
                                 const et_pool2d_params *p, int64_t *oh, int64_t *ow);
 
-/* y, indices: (N, C, OH, OW); OH/OW from et_pool2d_output_size. */
+/* y, indices: (N, C, OH, OW); OH/OW from et_pool2d_output_size. indices may
+ * be NULL (no backward to feed, e.g. inference): y is the same, bit for bit. */
 et_status et_max_pool2d_forward(const float *x, const int64_t xshape[4],
                                 const et_pool2d_params *p, float *y, int64_t *indices,
                                 int64_t oh, int64_t ow);

@@ -8,6 +8,7 @@
 
 #include "../quant/convert.h"
 #include "../quant/quantize.h"
+#include "../quant/wcache.h"
 #include "offload.h"
 #include "prep.h"
 
@@ -138,11 +139,43 @@ static void conv_args_init(et_conv2d_args *a, const et_backend *be, int64_t grou
     a->groups = groups;
 }
 
+/* ---- prepacked weights ------------------------------------------------------------ */
+
+et_status et_lowp_weight_s8(const float *w, int64_t oc, int64_t k, int cache, et_lowp_bufs *bufs,
+                            et_wcache_ref *ref, const int8_t **wq, const float **sw)
+{
+    const char *op = "quantize_per_channel";
+    const int64_t t0 = et_prof_begin();
+    if (cache) ET_TRY(et_wcache_quantize_s8(w, oc, k, ref));
+    if (ref->entry) {
+        /* hit: one memcmp of w against the stored copy (2 x 4 bytes per
+         * weight); miss: the quantizer's pass too, into the cache */
+        et_prof_end(t0, ref->hit ? "prepack.check" : "quantize.weight", "int8",
+                    oc * k * (ref->hit ? 8 : 13));
+        *wq = ref->wq;
+        *sw = ref->sw;
+        return ET_OK;
+    }
+    /* not cached (a trained weight, disabled, or over the capacity): quantize
+     * into call buffers */
+    int8_t *q = et_lowp_alloc(bufs, (size_t)(oc * k));
+    float *s = et_lowp_alloc(bufs, (size_t)oc * sizeof(float));
+    if (!q || !s)
+        return et_error(ET_ERR_NOMEM, "%s: cannot allocate the quantized weight (%lld bytes)", op,
+                        (long long)(oc * k));
+    ET_TRY(et_quantize_per_channel_s8(w, oc, k, q, s));
+    et_prof_end(t0, "quantize.weight", "int8", oc * k * 5);
+    *wq = q;
+    *sw = s;
+    return ET_OK;
+}
+
 /* ---- forward ------------------------------------------------------------------ */
 
 et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const et_tensor *w,
                                  const et_tensor *bias, const et_conv2d_params *p, et_prec prec,
-                                 int x_nonneg, et_tensor *y, et_tensor *xq_out, float *xscale_out)
+                                 int x_nonneg, int cache_w, et_tensor *y, et_tensor *xq_out,
+                                 float *xscale_out)
 {
     const char *op = "conv2d_forward_lowp";
     int64_t ys[4];
@@ -161,7 +194,10 @@ et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const
         a.pad_lo[i] = a.pad_hi[i] = p->padding[i];
     }
     int32_t *acc = NULL;   // (N, OC, OH, OW) int8 accumulator
-    float sx = 1.0f, *sw = NULL;   // sw (OC,)
+    float sx = 1.0f;
+    const float *sw = NULL;   // (OC,)
+    et_wcache_ref wref_local, *wref = &wref_local;   // the prepacked weight, pinned until done
+    memset(wref, 0, sizeof *wref);
     if (prec == ET_PREC_FP32) {
         a.x = *x;
         a.w = *w;
@@ -194,17 +230,14 @@ et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const
         } else {
             LP_ALLOC(xq, nx, "the quantized input");
         }
-        int8_t *wq;   // (OC, C/G*KH*KW)
-        LP_ALLOC(wq, nw, "the quantized weight");
-        LP_ALLOC(sw, OC * sizeof(float), "the weight scales");
+        const int8_t *wq;   // (OC, C/G*KH*KW)
         LP_ALLOC(acc, N * OC * OHW * sizeof(int32_t), "the int32 accumulator");
         LP_PROF("quantize.input", "int8", nx * 5,
                 et_lowp_quantize_x(x->data, nx, x_nonneg, xq, &sx));
-        LP_PROF("quantize.weight", "int8", nw * 5,
-                et_quantize_per_channel_s8(w->data, OC, nw / OC, wq, sw));
+        LP_TRY(et_lowp_weight_s8(w->data, OC, nw / OC, cache_w, &bufs, wref, &wq, &sw));
         if (xscale_out) *xscale_out = sx;
         LP_TRY(et_tensor_view(&a.x, xq, xdt, 4, x->shape));
-        LP_TRY(et_tensor_view(&a.w, wq, ET_S8, 4, w->shape));
+        LP_TRY(et_tensor_view(&a.w, (void *)wq, ET_S8, 4, w->shape));
         LP_TRY(et_tensor_view(&a.y, acc, ET_S32, 4, ys));
     }
     LP_TRY(et_conv2d_check(op, &a));
@@ -214,6 +247,7 @@ et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const
                 et_dequantize_acc_nchw(acc, N, OC, OHW, sx, sw, has_bias ? bias->data : NULL,
                                        y->data));
 done:
+    et_wcache_release(wref);   /* after the job: it read wref->wq (and its blocked layout) */
     et_lowp_free(&bufs);
     return st;
 }

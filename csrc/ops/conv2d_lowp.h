@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "conv2d.h"
+#include "../quant/wcache.h"
 
 typedef enum et_prec { ET_PREC_FP32 = 0, ET_PREC_BF16, ET_PREC_FP16, ET_PREC_INT8 } et_prec;
 
@@ -50,10 +51,14 @@ typedef struct et_lowp_bwd_opts {
 
 /* y (N, OC, OH, OW) f32 preallocated. xq_out (optional, NULL or data NULL):
  * for int8, receives the quantized x (u8 when x_nonneg, else s8, x's shape)
- * and *xscale_out its scale, for the autograd layer to save. */
+ * and *xscale_out its scale, for the autograd layer to save. cache_w: 1 to
+ * use the prepacked-weight cache for an int8 weight (et_lowp_weight_s8); 0
+ * for a weight that is being trained (it changes every step, so an entry
+ * would only cost its memory and a compare). */
 et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const et_tensor *w,
                                  const et_tensor *bias, const et_conv2d_params *p, et_prec prec,
-                                 int x_nonneg, et_tensor *y, et_tensor *xq_out, float *xscale_out);
+                                 int x_nonneg, int cache_w, et_tensor *y, et_tensor *xq_out,
+                                 float *xscale_out);
 
 /* Any of dx / dw / db may be NULL. x: f32 (N, C, H, W); its data may be NULL
  * (shape only) when o->x_q is given. dx and dw jobs are submitted back to
@@ -82,5 +87,14 @@ et_status et_lowp_check_xq(const char *op, const et_tensor *xq, float scale, con
 
 /* x (n f32) quantized per tensor into q (u8 when nonneg, else s8). */
 et_status et_lowp_quantize_x(const float *x, int64_t n, int nonneg, void *q, float *scale);
+
+/* The forward's per-output-channel s8 weight w (oc, k): from the prepacked
+ * weight cache (csrc/quant/wcache.h; *ref pinned, release it with
+ * et_wcache_release after the job) or, when not cached, quantized into
+ * buffers of `bufs` (ref->entry NULL; always when cache is 0). Bit-identical
+ * either way. Profiler
+ * ranges: "quantize.weight" (quantized now), "prepack.check" (cache hit). */
+et_status et_lowp_weight_s8(const float *w, int64_t oc, int64_t k, int cache, et_lowp_bufs *bufs,
+                            et_wcache_ref *ref, const int8_t **wq, const float **sw);
 
 #endif

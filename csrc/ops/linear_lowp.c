@@ -66,8 +66,8 @@ static et_status check_out2(const char *op, const char *what, const et_tensor *t
     } while (0)
 
 et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const et_tensor *w,
-                                 const et_tensor *bias, et_prec prec, int x_nonneg, et_tensor *y,
-                                 et_tensor *xq_out, float *xscale_out)
+                                 const et_tensor *bias, et_prec prec, int x_nonneg, int cache_w,
+                                 et_tensor *y, et_tensor *xq_out, float *xscale_out)
 {
     const char *op = "linear_forward_lowp";
     int64_t ys[2];
@@ -79,7 +79,10 @@ et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const
     et_status st = ET_OK;
     et_matmul_args m = mm(be, 0, 1);   // (M, K) . (N, K)^T
     int32_t *acc = NULL;               // (M, N)
-    float sx = 1.0f, *sw = NULL;       // sw (N,)
+    float sx = 1.0f;
+    const float *sw = NULL;            // (N,)
+    et_wcache_ref wref;                // the prepacked weight (conv2d_lowp.h), pinned until done
+    memset(&wref, 0, sizeof wref);
     if (prec != ET_PREC_INT8) {
         const et_dtype dt = et_prec_dtype(prec);
         void *xo, *wo;
@@ -103,17 +106,14 @@ et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const
         } else {
             LP_ALLOC(xq, M * K, "the quantized input");
         }
-        int8_t *wq;
-        LP_ALLOC(wq, N * K, "the quantized weight");
-        LP_ALLOC(sw, N * sizeof(float), "the weight scales");
+        const int8_t *wq;   // (N, K)
         LP_ALLOC(acc, M * N * sizeof(int32_t), "the int32 accumulator");
         LP_PROF("quantize.input", "int8", M * K * 5,
                 et_lowp_quantize_x(x->data, M * K, x_nonneg, xq, &sx));
-        LP_PROF("quantize.weight", "int8", N * K * 5,
-                et_quantize_per_channel_s8(w->data, N, K, wq, sw));
+        LP_TRY(et_lowp_weight_s8(w->data, N, K, cache_w, &bufs, &wref, &wq, &sw));
         if (xscale_out) *xscale_out = sx;
         LP_TRY(et_tensor_view(&m.a, xq, xdt, 2, x->shape));
-        LP_TRY(et_tensor_view(&m.b, wq, ET_S8, 2, w->shape));
+        LP_TRY(et_tensor_view(&m.b, (void *)wq, ET_S8, 2, w->shape));
         LP_TRY(et_tensor_view(&m.y, acc, ET_S32, 2, ys));
     }
     LP_TRY(et_matmul_check(op, &m));
@@ -122,6 +122,7 @@ et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const
         LP_PROF("dequantize.output", "int8", M * N * 8,
                 et_dequantize_acc_mn(acc, M, N, sx, sw, has_bias ? bias->data : NULL, y->data));
 done:
+    et_wcache_release(&wref);   /* after the job, which read wref.wq */
     et_lowp_free(&bufs);
     return st;
 }

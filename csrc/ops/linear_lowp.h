@@ -19,10 +19,10 @@
 #include "conv2d_lowp.h"
 #include "linear.h"
 
-/* y (M, N) f32 preallocated; xq_out / xscale_out as et_conv2d_forward_lowp. */
+/* y (M, N) f32 preallocated; cache_w, xq_out, xscale_out as et_conv2d_forward_lowp. */
 et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const et_tensor *w,
-                                 const et_tensor *bias, et_prec prec, int x_nonneg, et_tensor *y,
-                                 et_tensor *xq_out, float *xscale_out);
+                                 const et_tensor *bias, et_prec prec, int x_nonneg, int cache_w,
+                                 et_tensor *y, et_tensor *xq_out, float *xscale_out);
 
 /* Any of dx / dw / db may be NULL; x->data may be NULL when o->x_q is given. */
 et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, const et_tensor *x,

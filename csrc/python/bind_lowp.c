@@ -9,6 +9,7 @@
 #include "../backends/backend.h"
 #include "../ops/conv2d_lowp.h"
 #include "../ops/linear_lowp.h"
+#include "../quant/wcache.h"
 
 
 
@@ -90,6 +91,48 @@ static int xq_args(const char *op, PyObject *oxq, PyObject *oxs, PyObject *ox, i
     return 0;
 }
 
+/* ---- prepacked weights: an entry lives as long as its weight array --------
+ * csrc/quant/wcache.h keeps the int8 quantization of a weight between calls
+ * (checked against an exact copy, so never stale). When a call created an
+ * entry, a weakref to the weight array passed in frees it when the array
+ * dies, so dead models do not hold cache memory until LRU eviction. The
+ * weakrefs live in wc_refs {owner id: weakref} until their callback runs. */
+static PyObject *wc_refs;
+
+static PyObject *wc_dead(PyObject *idobj, PyObject *ref)
+{
+    (void)ref;
+    unsigned long long id = PyLong_AsUnsignedLongLong(idobj);
+    if (!PyErr_Occurred()) et_wcache_drop((uint64_t)id);
+    PyErr_Clear();
+    if (wc_refs && PyDict_DelItem(wc_refs, idobj) < 0) PyErr_Clear();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef wc_dead_def = {"_weight_cache_drop", wc_dead, METH_O,
+                                  "frees a prepacked weight whose array died"};
+
+/* After a forward (GIL held): ties the entry it created (if any) to ow. */
+static void wc_track(PyObject *ow)
+{
+    const uint64_t id = et_wcache_take_fresh();
+    if (!id) return;
+    PyObject *exc_t, *exc_v, *exc_tb;
+    PyErr_Fetch(&exc_t, &exc_v, &exc_tb);   /* keep a pending error (none expected) intact */
+    PyObject *idobj = PyLong_FromUnsignedLongLong((unsigned long long)id);
+    PyObject *cb = idobj ? PyCFunction_New(&wc_dead_def, idobj) : NULL;
+    PyObject *wr = cb ? PyWeakref_NewRef(ow, cb) : NULL;
+    if (!wc_refs) wc_refs = PyDict_New();
+    if (!wr || !wc_refs || PyDict_SetItem(wc_refs, idobj, wr) < 0) {
+        /* not trackable (no weakref support): leave it to LRU eviction */
+        PyErr_Clear();
+    }
+    Py_XDECREF(wr);
+    Py_XDECREF(cb);
+    Py_XDECREF(idobj);
+    PyErr_Restore(exc_t, exc_v, exc_tb);
+}
+
 /* Builds y or (y, x_q, x_scale) */
 static PyObject *fwd_result(PyObject *y, PyObject *oxq, float xs, int return_xq)
 {
@@ -104,15 +147,15 @@ static PyObject *py_conv2d_forward_lowp(PyObject *self, PyObject *args, PyObject
 {
     (void)self;
     static char *kwl[] = {"x", "w", "bias", "stride", "padding", "dilation", "groups",
-                          "precision", "backend", "x_nonneg", "return_xq", NULL};
+                          "precision", "backend", "x_nonneg", "return_xq", "cache_weight", NULL};
     const char *op = "conv2d_forward_lowp";
     PyObject *ox, *ow, *obias = Py_None, *os = NULL, *opd = NULL, *od = NULL;
     long long groups = 1;
     const char *bname = "ref", *pname = "fp32";
-    int x_nonneg = 0, return_xq = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOLsspp:conv2d_forward_lowp", kwl, &ox, &ow,
+    int x_nonneg = 0, return_xq = 0, cache_w = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOOLssppp:conv2d_forward_lowp", kwl, &ox, &ow,
                                      &obias, &os, &opd, &od, &groups, &pname, &bname, &x_nonneg,
-                                     &return_xq))
+                                     &return_xq, &cache_w))
         return NULL;
     et_tensor x, w, bias, y, xq;
     et_conv2d_params p;
@@ -136,8 +179,9 @@ static PyObject *py_conv2d_forward_lowp(PyObject *self, PyObject *args, PyObject
     }
     float xs = 0.0f;
     Py_BEGIN_ALLOW_THREADS
-    st = et_conv2d_forward_lowp(be, &x, &w, &bias, &p, prec, x_nonneg, &y, &xq, &xs);
+    st = et_conv2d_forward_lowp(be, &x, &w, &bias, &p, prec, x_nonneg, cache_w, &y, &xq, &xs);
     Py_END_ALLOW_THREADS
+    wc_track(ow);
     if (st != ET_OK) { Py_DECREF(out); Py_XDECREF(oxq); return et_py_raise(st, NULL); }
     return fwd_result(out, oxq, xs, return_xq);
 }
@@ -196,13 +240,14 @@ fail:
 static PyObject *py_linear_forward_lowp(PyObject *self, PyObject *args, PyObject *kw)
 {
     (void)self;
-    static char *kwl[] = {"x", "w", "bias", "precision", "backend", "x_nonneg", "return_xq", NULL};
+    static char *kwl[] = {"x", "w", "bias", "precision", "backend", "x_nonneg", "return_xq",
+                          "cache_weight", NULL};
     const char *op = "linear_forward_lowp";
     PyObject *ox, *ow, *obias = Py_None;
     const char *bname = "ref", *pname = "fp32";
-    int x_nonneg = 0, return_xq = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Osspp:linear_forward_lowp", kwl, &ox, &ow,
-                                     &obias, &pname, &bname, &x_nonneg, &return_xq))
+    int x_nonneg = 0, return_xq = 0, cache_w = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Ossppp:linear_forward_lowp", kwl, &ox, &ow,
+                                     &obias, &pname, &bname, &x_nonneg, &return_xq, &cache_w))
         return NULL;
     et_tensor x, w, bias, y, xq;
     et_prec prec;
@@ -224,8 +269,9 @@ static PyObject *py_linear_forward_lowp(PyObject *self, PyObject *args, PyObject
     }
     float xs = 0.0f;
     Py_BEGIN_ALLOW_THREADS
-    st = et_linear_forward_lowp(be, &x, &w, &bias, prec, x_nonneg, &y, &xq, &xs);
+    st = et_linear_forward_lowp(be, &x, &w, &bias, prec, x_nonneg, cache_w, &y, &xq, &xs);
     Py_END_ALLOW_THREADS
+    wc_track(ow);
     if (st != ET_OK) { Py_DECREF(out); Py_XDECREF(oxq); return et_py_raise(st, NULL); }
     return fwd_result(out, oxq, xs, return_xq);
 }

@@ -13,6 +13,7 @@
 
 #include "../quant/convert.h"
 #include "../quant/quantize.h"
+#include "../quant/wcache.h"
 
 /* float32 scalar argument: a Python float/int or NumPy scalar / 0-d array. */
 static int float_arg(PyObject *obj, const char *op, const char *arg, float *out)
@@ -362,6 +363,35 @@ static PyObject *py_int8_reduce_range(PyObject *self, PyObject *noargs)
     return PyBool_FromLong(et_quant_reduce_range());
 }
 
+/* ---- the prepacked int8 weight cache (csrc/quant/wcache.h) ---- */
+static PyObject *py_weight_cache_stats(PyObject *self, PyObject *noargs)
+{
+    (void)self; (void)noargs;
+    et_wcache_stats s;
+    et_wcache_get_stats(&s);
+    return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L,s:L,s:L}", "hits", (long long)s.hits,
+                         "misses", (long long)s.misses, "stale", (long long)s.stale,
+                         "aux_hits", (long long)s.aux_hits, "evictions", (long long)s.evictions,
+                         "entries", (long long)s.entries, "bytes", (long long)s.bytes,
+                         "capacity", (long long)s.capacity);
+}
+
+static PyObject *py_set_weight_cache_capacity(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long long b = PyLong_AsLongLong(arg);
+    if (b == -1 && PyErr_Occurred()) return NULL;
+    et_wcache_set_capacity((int64_t)b);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_clear_weight_cache(PyObject *self, PyObject *noargs)
+{
+    (void)self; (void)noargs;
+    et_wcache_clear();
+    Py_RETURN_NONE;
+}
+
 #define KW(f) (PyCFunction)(void (*)(void))(f), METH_VARARGS | METH_KEYWORDS
 
 static PyMethodDef quant_methods[] = {
@@ -388,6 +418,15 @@ static PyMethodDef quant_methods[] = {
     {"from_float16", KW(py_from_float16), "from_float16(h float16, portable=False) -> float32"},
     {"to_bfloat16", KW(py_to_bfloat16), "to_bfloat16(x float32) -> bfloat16 bits (uint16)"},
     {"from_bfloat16", KW(py_from_bfloat16), "from_bfloat16(b uint16) -> float32"},
+    {"weight_cache_stats", py_weight_cache_stats, METH_NOARGS,
+     "weight_cache_stats() -> dict: the prepacked int8 weight cache (hits, misses, stale "
+     "(weight changed: requantized), aux_hits (oneDNN blocked weights reused), evictions, "
+     "entries, bytes, capacity)"},
+    {"set_weight_cache_capacity", py_set_weight_cache_capacity, METH_O,
+     "set_weight_cache_capacity(nbytes): bound of the prepacked weight cache; 0 disables it, "
+     "< 0 restores the default (ET_WEIGHT_CACHE_MB, 256 MiB); evicts down to it"},
+    {"clear_weight_cache", py_clear_weight_cache, METH_NOARGS,
+     "clear_weight_cache(): frees every prepacked weight not in use"},
     {"have_f16c", py_have_f16c, METH_NOARGS,
      "have_f16c() -> bool: fp16 conversions use F16C instructions"},
     {NULL, NULL, 0, NULL}};
