@@ -211,7 +211,19 @@ def replay(target: Target, path: str) -> int:
 
 
 # ----------------------------------------------------------------------------
+def under_asan() -> bool:
+    """True in `make test-asan`'s processes (libasan preloaded)."""
+    return "libasan" in os.environ.get("LD_PRELOAD", "")
+
+
 def _limits(mem_limit_mb):
+    # No address-space cap under ASan: its runtime reserves ~15 TiB of shadow
+    # address space at start-up and aborts under any RLIMIT_AS. Its allocator
+    # stands in for the cap there: allocator_may_return_null=1 (set by
+    # tests/sanitizers/run.sh) makes a huge request return NULL, the
+    # MemoryError the fuzzers expect.
+    mem_limit_mb = None if under_asan() else mem_limit_mb
+
     def apply():
         os.setpgrp()     # its own process group: killed as a whole on a hang
         if mem_limit_mb:
