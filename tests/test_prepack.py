@@ -449,3 +449,36 @@ def test_max_pool_functional_grad_and_no_grad_agree():
     y.sum().backward()     # the recording call still has its indices
     g = x.grad.numpy()
     assert g.sum() == np.prod(y.shape)   # one 1 per output, scattered to its argmax
+
+
+# ---------------------------------------------------------------------------
+# which weights are cached: frozen / inference yes, trained no
+@pytest.mark.parametrize("layer", ["conv", "linear"])
+def test_trained_weights_bypass_the_cache_frozen_ones_use_it(layer):
+    """A weight that needs grad under grad mode changes every optimizer step:
+    the nn layer passes cache_weight=False, so no entry (no ~1.5x memory, no
+    compare). The same weight frozen (requires_grad False), or under no_grad,
+    is cached and served on the next call."""
+    et.manual_seed(0)
+    m = et.nn.Conv2d(3, 8, 3) if layer == "conv" else et.nn.Linear(12, 8)
+    a = _rng().standard_normal((2, 3, 6, 6) if layer == "conv" else (2, 12))
+    x, xg = _t(a), _t(a, requires_grad=True)
+
+    def delta(fn):
+        s0 = _stats()
+        fn()
+        s1 = _stats()
+        return s1["entries"], s1["hits"] - s0["hits"], s1["misses"] - s0["misses"]
+
+    with et.precision("int8"):
+        # trained: bypasses the cache (nothing looked up, nothing kept)
+        assert delta(lambda: [m(x).sum().backward() for _ in range(2)]) == (0, 0, 0)
+
+        def infer():
+            with et.no_grad():
+                m(x)
+                m(x)
+        assert delta(infer) == (1, 1, 1)            # inference: cached, then served
+        _C.clear_weight_cache()
+        m.weight.requires_grad = False              # a frozen layer in a training step
+        assert delta(lambda: [m(xg).sum().backward() for _ in range(2)]) == (1, 1, 1)

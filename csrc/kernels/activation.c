@@ -28,3 +28,40 @@ et_status et_relu_backward(const float *dy, const float *y, float *dx, int64_t n
         dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
     return ET_OK;
 }
+
+/* Both mask kernels run over the mask's bytes: one byte = 8 elements, so no
+ * two threads write the same byte. */
+et_status et_relu_forward_mask(const float *x, float *y, uint8_t *mask, int64_t n)
+{
+    if (n < 0) return et_error(ET_ERR_VALUE, "relu_forward_mask: negative size %lld", (long long)n);
+    if (n > 0 && (!x || !y || !mask)) return et_error(ET_ERR_VALUE, "relu_forward_mask: NULL buffer");
+    int64_t nb = (n + 7) / 8;
+    #pragma omp parallel for schedule(static) if(n > ET_ACT_PAR_MIN)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * 8, i1 = i0 + 8 < n ? i0 + 8 : n;
+        unsigned m = 0;
+        for (int64_t i = i0; i < i1; i++) {
+            float v = x[i];
+            float r = v < 0.0f ? 0.0f : v;     /* as et_relu_forward: NaN stays NaN */
+            y[i] = r;
+            m |= (unsigned)(r > 0.0f) << (i - i0);
+        }
+        mask[b] = (uint8_t)m;
+    }
+    return ET_OK;
+}
+
+et_status et_relu_backward_mask(const float *dy, const uint8_t *mask, float *dx, int64_t n)
+{
+    if (n < 0) return et_error(ET_ERR_VALUE, "relu_backward_mask: negative size %lld", (long long)n);
+    if (n > 0 && (!dy || !mask || !dx)) return et_error(ET_ERR_VALUE, "relu_backward_mask: NULL buffer");
+    int64_t nb = (n + 7) / 8;
+    #pragma omp parallel for schedule(static) if(n > ET_ACT_PAR_MIN)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t i0 = b * 8, i1 = i0 + 8 < n ? i0 + 8 : n;
+        unsigned m = mask[b];
+        for (int64_t i = i0; i < i1; i++)
+            dx[i] = (m >> (i - i0)) & 1u ? dy[i] : 0.0f;
+    }
+    return ET_OK;
+}

@@ -5,6 +5,8 @@
 
 #include <math.h>
 
+#include "../quant/convert.h"   /* et_bf16_from_f32 / et_f32_from_bf16 */
+
 #define ET_BN_PAR_MIN 32768
 
 static et_status bn_check(const char *op, int64_t N, int64_t C, int64_t HW)
@@ -15,11 +17,12 @@ static et_status bn_check(const char *op, int64_t N, int64_t C, int64_t HW)
     return ET_OK;
 }
 
-et_status et_batch_norm_forward(const float *x, int64_t N, int64_t C, int64_t HW,
-                                const float *weight, const float *bias,
-                                float *running_mean, float *running_var,
-                                int training, double momentum, double eps,
-                                float *y, float *save_mean, float *save_invstd)
+/* The forward of both entry points; xhat NULL: not written. */
+static et_status bn_forward(const float *x, int64_t N, int64_t C, int64_t HW,
+                            const float *weight, const float *bias,
+                            float *running_mean, float *running_var,
+                            int training, double momentum, double eps,
+                            float *y, float *save_mean, float *save_invstd, uint16_t *xhat)
 {
     ET_TRY(bn_check("batch_norm_forward", N, C, HW));
     const int64_t M = N * HW;   /* values per channel */
@@ -77,8 +80,40 @@ et_status et_batch_norm_forward(const float *x, int64_t N, int64_t C, int64_t HW
             float *yp = y + n * CHW + c * HW;
             for (int64_t k = 0; k < HW; k++) yp[k] = xp[k] * alpha + beta;
         }
+        if (xhat) {
+            /* the normalised input, (x - mean) * invstd in float, rounded to bf16 */
+            float fm = (float)mean, fi = (float)invstd;
+            for (int64_t n = 0; n < N; n++) {
+                const float *xp = x + n * CHW + c * HW;
+                uint16_t *hp = xhat + n * CHW + c * HW;
+                for (int64_t k = 0; k < HW; k++) hp[k] = et_bf16_from_f32((xp[k] - fm) * fi);
+            }
+        }
     }
     return ET_OK;
+}
+
+et_status et_batch_norm_forward(const float *x, int64_t N, int64_t C, int64_t HW,
+                                const float *weight, const float *bias,
+                                float *running_mean, float *running_var,
+                                int training, double momentum, double eps,
+                                float *y, float *save_mean, float *save_invstd)
+{
+    return bn_forward(x, N, C, HW, weight, bias, running_mean, running_var, training,
+                      momentum, eps, y, save_mean, save_invstd, NULL);
+}
+
+et_status et_batch_norm_forward_xhat(const float *x, int64_t N, int64_t C, int64_t HW,
+                                     const float *weight, const float *bias,
+                                     float *running_mean, float *running_var,
+                                     int training, double momentum, double eps,
+                                     float *y, float *save_mean, float *save_invstd,
+                                     uint16_t *xhat)
+{
+    if (N * C * HW > 0 && !xhat)
+        return et_error(ET_ERR_VALUE, "batch_norm_forward_xhat: NULL xhat buffer");
+    return bn_forward(x, N, C, HW, weight, bias, running_mean, running_var, training,
+                      momentum, eps, y, save_mean, save_invstd, xhat);
 }
 
 et_status et_batch_norm_backward(const float *dy, const float *x,
@@ -122,6 +157,53 @@ et_status et_batch_norm_backward(const float *dy, const float *x,
             }
         }
         if (dweight) dweight[c] = (float)(dotp * invstd);
+        if (dbias) dbias[c] = (float)sum_dy;
+    }
+    return ET_OK;
+}
+
+et_status et_batch_norm_backward_xhat(const float *dy, const uint16_t *xhat,
+                                      int64_t N, int64_t C, int64_t HW,
+                                      const float *weight, const float *save_invstd,
+                                      int training, float *dx, float *dweight, float *dbias)
+{
+    ET_TRY(bn_check("batch_norm_backward_xhat", N, C, HW));
+    const int64_t M = N * HW, CHW = C * HW;
+    #pragma omp parallel for schedule(static) if(N * CHW > ET_BN_PAR_MIN)
+    for (int64_t c = 0; c < C; c++) {
+        double invstd = save_invstd[c];
+        double w = weight ? weight[c] : 1.0;
+        double sum_dy = 0.0, dotp = 0.0;   /* sum(dy), sum(xhat * dy) */
+        for (int64_t n = 0; n < N; n++) {
+            const uint16_t *hp = xhat + n * CHW + c * HW;
+            const float *dyp = dy + n * CHW + c * HW;
+            #pragma omp simd reduction(+:sum_dy, dotp)
+            for (int64_t k = 0; k < HW; k++) {
+                sum_dy += dyp[k];
+                dotp += (double)et_f32_from_bf16(hp[k]) * dyp[k];
+            }
+        }
+        if (training) {
+            /* dx = (dy - mean(dy) - xhat * mean(xhat * dy)) * invstd * w */
+            double kx = M > 0 ? dotp / (double)M : 0.0;
+            double gmean = M > 0 ? sum_dy / (double)M : 0.0;
+            double scale = invstd * w;
+            for (int64_t n = 0; n < N; n++) {
+                const uint16_t *hp = xhat + n * CHW + c * HW;
+                const float *dyp = dy + n * CHW + c * HW;
+                float *dxp = dx + n * CHW + c * HW;
+                for (int64_t k = 0; k < HW; k++)
+                    dxp[k] = (float)((dyp[k] - gmean - (double)et_f32_from_bf16(hp[k]) * kx) * scale);
+            }
+        } else {
+            float scale = (float)(invstd * w);
+            for (int64_t n = 0; n < N; n++) {
+                const float *dyp = dy + n * CHW + c * HW;
+                float *dxp = dx + n * CHW + c * HW;
+                for (int64_t k = 0; k < HW; k++) dxp[k] = dyp[k] * scale;
+            }
+        }
+        if (dweight) dweight[c] = (float)dotp;
         if (dbias) dbias[c] = (float)sum_dy;
     }
     return ET_OK;

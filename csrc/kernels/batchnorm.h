@@ -41,4 +41,25 @@ et_status et_batch_norm_backward(const float *dy, const float *x,
                                  const float *save_invstd, int training,
                                  float *dx, float *dweight, float *dbias);
 
+/* As et_batch_norm_forward (y, statistics and running stats bit for bit the
+ * same), and also writes xhat = (x - mean) * invstd (float) rounded to
+ * bfloat16 (bits, round to nearest even): the 2-byte copy of the input that
+ * et_batch_norm_backward_xhat needs instead of the 4-byte x. xhat: like x. */
+et_status et_batch_norm_forward_xhat(const float *x, int64_t N, int64_t C, int64_t HW,
+                                     const float *weight, const float *bias,
+                                     float *running_mean, float *running_var,
+                                     int training, double momentum, double eps,
+                                     float *y, float *save_mean, float *save_invstd,
+                                     uint16_t *xhat);
+
+/* et_batch_norm_backward from a saved bf16 xhat (et_batch_norm_forward_xhat):
+ *   training: dx = w*invstd * (dy - mean(dy) - xhat * mean(dy*xhat));
+ *   eval: dx = dy * w * invstd;  dweight = sum(dy * xhat), dbias = sum(dy).
+ * The same formulas; they differ from et_batch_norm_backward's only by xhat's
+ * bf16 rounding (relative error <= 2^-9 per element). */
+et_status et_batch_norm_backward_xhat(const float *dy, const uint16_t *xhat,
+                                      int64_t N, int64_t C, int64_t HW,
+                                      const float *weight, const float *save_invstd,
+                                      int training, float *dx, float *dweight, float *dbias);
+
 #endif

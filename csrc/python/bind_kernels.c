@@ -9,7 +9,11 @@
  */
 #include "common.h"
 
+#include <stdlib.h>
 #include <string.h>
+#if defined(__GLIBC__)
+#include <malloc.h>   /* mallopt */
+#endif
 
 #include "../kernels/activation.h"
 #include "../kernels/batchnorm.h"
@@ -113,6 +117,31 @@ static int parse_pool(const char *op, PyObject *k, PyObject *s, PyObject *p, PyO
     return 0;
 }
 
+/* ------------------------------------------------------------- malloc */
+
+/* set_mmap_threshold(nbytes) -> bool: glibc's M_MMAP_THRESHOLD (mallopt), so
+ * that every allocation of >= nbytes is its own mapping, unmapped (returned to
+ * the OS) when freed. Setting it also turns off glibc's dynamic threshold,
+ * which otherwise rises to the largest block freed so far (up to 32 MiB): after
+ * one training step every activation buffer below that comes from the brk heap,
+ * which keeps its high-water mark resident (and fragments), so the next step's
+ * peak RSS is this step's heap plus its own large buffers. False where it is not
+ * glibc or glibc refuses the value. */
+static PyObject *py_set_mmap_threshold(PyObject *self, PyObject *args)
+{
+    long long n;
+    if (!PyArg_ParseTuple(args, "L:set_mmap_threshold", &n)) return NULL;
+    if (n < 0 || n > INT32_MAX) {
+        PyErr_Format(et_py_ValueError, "set_mmap_threshold: nbytes must be in [0, 2^31), got %lld", n);
+        return NULL;
+    }
+#if defined(__GLIBC__)
+    return PyBool_FromLong(mallopt(M_MMAP_THRESHOLD, (int)n) == 1);
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
 /* ---------------------------------------------------------------- relu */
 
 static PyObject *py_relu_forward(PyObject *self, PyObject *args, PyObject *kw)
@@ -147,19 +176,77 @@ fail:
     return NULL;
 }
 
+/* relu_forward_mask(x) -> (y, mask): mask is uint8 (ceil(numel / 8),), bit i % 8
+ * of byte i / 8 set iff y.flat[i] > 0 (what relu's backward needs, 1 bit per
+ * element instead of a saved float32 y). */
+static PyObject *py_relu_forward_mask(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"x", NULL};
+    PyObject *xo, *y = NULL, *m = NULL;
+    et_tensor x, yt, mt;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O:relu_forward_mask", kwlist, &xo)) return NULL;
+    if (et_py_tensor_arg(xo, "relu_forward_mask", "x", -1, ET_F32, &x) < 0) return NULL;
+    int64_t n = et_tensor_numel(&x), nb = (n + 7) / 8;
+    if (!(y = et_py_empty(x.ndim, x.shape, ET_F32, 0, &yt))) return NULL;
+    if (!(m = et_py_empty(1, &nb, ET_U8, 0, &mt))) goto fail;
+    ET_PY_RUN(et_relu_forward_mask(x.data, yt.data, mt.data, n));
+    return Py_BuildValue("NN", y, m);
+fail:
+    Py_XDECREF(y);
+    Py_XDECREF(m);
+    return NULL;
+}
+
+/* relu_backward_mask(dy, mask, inplace=False) -> dx = dy where the mask bit is set, else 0;
+ * inplace: dx written over dy (and dy returned) */
+static PyObject *py_relu_backward_mask(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dy", "mask", "inplace", NULL};
+    const char *op = "relu_backward_mask";
+    PyObject *dyo, *mo, *dx = NULL;
+    int inplace = 0;
+    et_tensor dy, m, dxt;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|p:relu_backward_mask", kwlist, &dyo, &mo,
+                                     &inplace))
+        return NULL;
+    if (et_py_tensor_arg(dyo, op, "dy", -1, ET_F32, &dy) < 0) return NULL;
+    if (et_py_tensor_arg(mo, op, "mask", 1, ET_U8, &m) < 0) return NULL;
+    int64_t n = et_tensor_numel(&dy);
+    if (m.shape[0] != (n + 7) / 8) {
+        char s[128];
+        PyErr_Format(et_py_ValueError, "%s: mask must have (numel(dy) + 7) // 8 = %lld bytes "
+                     "for dy of shape %s, got %lld", op, (long long)((n + 7) / 8), shp(&dy, s),
+                     (long long)m.shape[0]);
+        return NULL;
+    }
+    if (inplace) {
+        /* dx written over dy (element i read, then written): no second buffer */
+        if (check_writeable(dyo, op, "dy") < 0) return NULL;
+        Py_INCREF(dyo);
+        dx = dyo;
+        dxt = dy;
+    } else if (!(dx = et_py_empty(dy.ndim, dy.shape, ET_F32, 0, &dxt))) return NULL;
+    ET_PY_RUN(et_relu_backward_mask(dy.data, m.data, dxt.data, n));
+    return dx;
+fail:
+    Py_XDECREF(dx);
+    return NULL;
+}
+
 /* ------------------------------------------------------------- max pool */
 
 static PyObject *py_max_pool2d_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
-    static char *kwlist[] = {"x", "kernel_size", "stride", "padding", "dilation", "ceil_mode", NULL};
+    static char *kwlist[] = {"x", "kernel_size", "stride", "padding", "dilation", "ceil_mode",
+                             "return_indices", NULL};
     const char *op = "max_pool2d_forward";
     PyObject *xo, *ko, *so = Py_None, *po = NULL, *d_o = NULL, *y = NULL, *ind = NULL;
-    int ceil_mode = 0;
+    int ceil_mode = 0, want_ind = 1;
     et_tensor x, yt, it;
     et_pool2d_params p;
     int64_t xs[4], oh, ow, os[4];
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOp:max_pool2d_forward", kwlist, &xo, &ko,
-                                     &so, &po, &d_o, &ceil_mode)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OOOpp:max_pool2d_forward", kwlist, &xo, &ko,
+                                     &so, &po, &d_o, &ceil_mode, &want_ind)) return NULL;
     PyObject *zero = PyLong_FromLong(0);
     if (!zero) return NULL;
     int r = parse_pool(op, ko, so, po ? po : zero, d_o, ceil_mode, &p);
@@ -170,7 +257,15 @@ static PyObject *py_max_pool2d_forward(PyObject *self, PyObject *args, PyObject 
     ET_PY_CHECK(et_pool2d_output_size(op, xs, &p, &oh, &ow));
     pool_out_shape(x.ndim, xs, oh, ow, os);
     if (!(y = et_py_empty(x.ndim, os, ET_F32, 0, &yt))) goto fail;
-    if (!(ind = et_py_empty(x.ndim, os, ET_S64, 0, &it))) goto fail;
+    /* return_indices=False (no backward will run): no int64 argmax written,
+     * (y, None) returned */
+    if (want_ind) {
+        if (!(ind = et_py_empty(x.ndim, os, ET_S64, 0, &it))) goto fail;
+    } else {
+        Py_INCREF(Py_None);
+        ind = Py_None;
+        it.data = NULL;
+    }
     ET_PY_RUN(et_max_pool2d_forward(x.data, xs, &p, yt.data, it.data, oh, ow));
     return Py_BuildValue("(NN)", y, ind);
 fail:
@@ -192,7 +287,10 @@ static PyObject *py_max_pool2d_backward(PyObject *self, PyObject *args, PyObject
         return NULL;
     if (parse_x_shape(xso, op, &xnd, xs) < 0) return NULL;
     if (et_py_tensor_arg(dyo, op, "dy", xnd, ET_F32, &dy) < 0) return NULL;
-    if (et_py_tensor_arg(io, op, "indices", xnd, ET_S64, &ind) < 0) return NULL;
+    /* indices: int64 (the forward's), or int32 (what autograd's max_pool2d node
+     * saves: half the bytes), widened below a chunk of planes at a time */
+    int narrow = PyArray_Check(io) && PyArray_TYPE((PyArrayObject *)io) == NPY_INT32;
+    if (et_py_tensor_arg(io, op, "indices", xnd, narrow ? ET_S32 : ET_S64, &ind) < 0) return NULL;
     if (check_same(op, "dy", &dy, "indices", &ind) < 0) return NULL;
     if (pool_input(&dy, op, "dy", ds) < 0) return NULL;
     if (ds[0] != xs[0] || ds[1] != xs[1]) {
@@ -202,8 +300,36 @@ static PyObject *py_max_pool2d_backward(PyObject *self, PyObject *args, PyObject
     }
     pool_out_shape(xnd, xs, xs[2], xs[3], xshape);
     if (!(dx = et_py_empty(xnd, xshape, ET_F32, 0, &dxt))) return NULL;
-    ET_PY_RUN(et_max_pool2d_backward(dy.data, ind.data, xs[0] * xs[1], ds[2] * ds[3],
-                                     dxt.data, xs[2] * xs[3]));
+    if (!narrow) {
+        ET_PY_RUN(et_max_pool2d_backward(dy.data, ind.data, xs[0] * xs[1], ds[2] * ds[3],
+                                         dxt.data, xs[2] * xs[3]));
+        return dx;
+    }
+    {
+        /* planes are independent: widen ET_MP_CHUNK planes of int32 indices into
+         * an int64 scratch and run the kernel on them (a few MiB, not a whole
+         * int64 copy of the indices) */
+        enum { ET_MP_CHUNK = 64 };
+        const int64_t planes = xs[0] * xs[1], out_plane = ds[2] * ds[3], in_plane = xs[2] * xs[3];
+        const int32_t *i32 = ind.data;
+        const float *dyp = dy.data;
+        float *dxp = dxt.data;
+        int64_t cap = (planes < ET_MP_CHUNK ? planes : ET_MP_CHUNK) * out_plane;
+        int64_t *scratch = malloc((size_t)(cap > 0 ? cap : 1) * sizeof(int64_t));
+        if (!scratch) { PyErr_NoMemory(); goto fail; }
+        et_status st = ET_OK;
+        Py_BEGIN_ALLOW_THREADS
+        for (int64_t p0 = 0; p0 < planes && st == ET_OK; p0 += ET_MP_CHUNK) {
+            int64_t np_ = planes - p0 < ET_MP_CHUNK ? planes - p0 : ET_MP_CHUNK;
+            int64_t cnt = np_ * out_plane;
+            for (int64_t t = 0; t < cnt; t++) scratch[t] = i32[p0 * out_plane + t];
+            st = et_max_pool2d_backward(dyp + p0 * out_plane, scratch, np_, out_plane,
+                                        dxp + p0 * in_plane, in_plane);
+        }
+        Py_END_ALLOW_THREADS
+        free(scratch);
+        if (st != ET_OK) { et_py_raise(st, NULL); goto fail; }
+    }
     return dx;
 fail:
     Py_XDECREF(dx);
@@ -377,16 +503,17 @@ static int bn_param(PyObject *obj, const char *op, const char *arg, int64_t C,
 static PyObject *py_batch_norm_forward(PyObject *self, PyObject *args, PyObject *kw)
 {
     static char *kwlist[] = {"x", "weight", "bias", "running_mean", "running_var", "training",
-                             "momentum", "eps", NULL};
+                             "momentum", "eps", "save_xhat", NULL};
     const char *op = "batch_norm_forward";
     PyObject *xo, *wo = Py_None, *bo = Py_None, *rmo = Py_None, *rvo = Py_None;
-    PyObject *y = NULL, *sm = NULL, *si = NULL;
-    int training = 0;
+    PyObject *y = NULL, *sm = NULL, *si = NULL, *xh = NULL;
+    int training = 0, save_xhat = 0;
     double momentum = 0.1, eps = 1e-5;
-    et_tensor x, w, b, rm, rv, yt, smt, sit;
+    et_tensor x, w, b, rm, rv, yt, smt, sit, xht;
     int64_t N, C, HW;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOpdd:batch_norm_forward", kwlist, &xo, &wo,
-                                     &bo, &rmo, &rvo, &training, &momentum, &eps)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O|OOOOpddp:batch_norm_forward", kwlist, &xo, &wo,
+                                     &bo, &rmo, &rvo, &training, &momentum, &eps, &save_xhat))
+        return NULL;
     if (et_py_tensor_arg(xo, op, "x", -1, ET_F32, &x) < 0) return NULL;
     if (bn_input(&x, op, "x", &N, &C, &HW) < 0) return NULL;
     if (bn_param(wo, op, "weight", C, &x, 0, &w) < 0) return NULL;
@@ -397,6 +524,14 @@ static PyObject *py_batch_norm_forward(PyObject *self, PyObject *args, PyObject 
     if (!(y = et_py_empty(x.ndim, x.shape, ET_F32, 0, &yt))) goto fail;
     if (!(sm = et_py_empty(1, cs, ET_F32, 0, &smt))) goto fail;
     if (!(si = et_py_empty(1, cs, ET_F32, 0, &sit))) goto fail;
+    if (save_xhat) {
+        /* (y, mean, invstd, xhat): xhat bf16 bits (numpy uint16), x's shape */
+        if (!(xh = et_py_empty(x.ndim, x.shape, ET_BF16, 0, &xht))) goto fail;
+        ET_PY_RUN(et_batch_norm_forward_xhat(x.data, N, C, HW, w.data, b.data, rm.data, rv.data,
+                                             training, momentum, eps, yt.data, smt.data,
+                                             sit.data, xht.data));
+        return Py_BuildValue("(NNNN)", y, sm, si, xh);
+    }
     ET_PY_RUN(et_batch_norm_forward(x.data, N, C, HW, w.data, b.data, rm.data, rv.data,
                                     training, momentum, eps, yt.data, smt.data, sit.data));
     return Py_BuildValue("(NNN)", y, sm, si);
@@ -404,6 +539,7 @@ fail:
     Py_XDECREF(y);
     Py_XDECREF(sm);
     Py_XDECREF(si);
+    Py_XDECREF(xh);
     return NULL;
 }
 
@@ -441,6 +577,56 @@ static PyObject *py_batch_norm_backward(PyObject *self, PyObject *args, PyObject
     }
     ET_PY_RUN(et_batch_norm_backward(dy.data, x.data, N, C, HW, w.data, sm.data, si.data,
                                      training, dxt.data, dwp, dbp));
+    if (!dw) { Py_INCREF(Py_None); dw = Py_None; }
+    return Py_BuildValue("(NNN)", dx, dw, db);
+fail:
+    Py_XDECREF(dx);
+    Py_XDECREF(dw);
+    Py_XDECREF(db);
+    return NULL;
+}
+
+/* batch_norm_backward_xhat(dy, xhat, weight, save_invstd, training=True) -> (dx, dw, db):
+ * batch_norm_backward from the bf16 xhat of batch_norm_forward(save_xhat=True)
+ * instead of x (and the mean, which xhat already has subtracted). */
+static PyObject *py_batch_norm_backward_xhat(PyObject *self, PyObject *args, PyObject *kw)
+{
+    static char *kwlist[] = {"dy", "xhat", "weight", "save_invstd", "training", "inplace", NULL};
+    const char *op = "batch_norm_backward_xhat";
+    PyObject *dyo, *xo, *wo, *sio, *dx = NULL, *dw = NULL, *db = NULL;
+    int training = 1, inplace = 0;
+    et_tensor dy, x, w, si, dxt, dwt, dbt;
+    int64_t N, C, HW;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|pp:batch_norm_backward_xhat", kwlist, &dyo,
+                                     &xo, &wo, &sio, &training, &inplace)) return NULL;
+    if (et_py_tensor_arg(dyo, op, "dy", -1, ET_F32, &dy) < 0) return NULL;
+    if (et_py_tensor_arg(xo, op, "xhat", -1, ET_BF16, &x) < 0) return NULL;
+    if (check_same(op, "xhat", &x, "dy", &dy) < 0) return NULL;
+    if (bn_input(&x, op, "xhat", &N, &C, &HW) < 0) return NULL;
+    if (bn_param(wo, op, "weight", C, &x, 0, &w) < 0) return NULL;
+    if (sio == Py_None) {
+        PyErr_Format(et_py_TypeError, "%s: save_invstd is required", op);
+        return NULL;
+    }
+    if (bn_param(sio, op, "save_invstd", C, &x, 0, &si) < 0) return NULL;
+    int64_t cs[1] = {C};
+    float *dwp = NULL, *dbp = NULL;
+    if (inplace) {
+        /* dx written over dy: per channel, the sums read dy first, then element k
+         * of dx is computed from element k of dy only */
+        if (check_writeable(dyo, op, "dy") < 0) return NULL;
+        Py_INCREF(dyo);
+        dx = dyo;
+        dxt = dy;
+    } else if (!(dx = et_py_empty(x.ndim, x.shape, ET_F32, 0, &dxt))) goto fail;
+    if (!(db = et_py_empty(1, cs, ET_F32, 0, &dbt))) goto fail;
+    dbp = dbt.data;
+    if (w.data) {
+        if (!(dw = et_py_empty(1, cs, ET_F32, 0, &dwt))) goto fail;
+        dwp = dwt.data;
+    }
+    ET_PY_RUN(et_batch_norm_backward_xhat(dy.data, x.data, N, C, HW, w.data, si.data,
+                                          training, dxt.data, dwp, dbp));
     if (!dw) { Py_INCREF(Py_None); dw = Py_None; }
     return Py_BuildValue("(NNN)", dx, dw, db);
 fail:
@@ -612,15 +798,25 @@ fail:
 }
 
 static PyMethodDef kernel_methods[] = {
+    {"set_mmap_threshold", py_set_mmap_threshold, METH_VARARGS,
+     "set_mmap_threshold(nbytes) -> bool: glibc mallopt(M_MMAP_THRESHOLD, nbytes) (False: "
+     "not glibc, or refused)"},
     {"relu_forward", KW_FN(py_relu_forward), METH_VARARGS | METH_KEYWORDS,
      "relu_forward(x) -> y = max(x, 0)"},
     {"relu_backward", KW_FN(py_relu_backward), METH_VARARGS | METH_KEYWORDS,
      "relu_backward(dy, y) -> dx = dy where y > 0"},
+    {"relu_forward_mask", KW_FN(py_relu_forward_mask), METH_VARARGS | METH_KEYWORDS,
+     "relu_forward_mask(x) -> (y, mask): y = max(x, 0); mask uint8 (ceil(numel/8),), "
+     "bit i%8 of byte i//8 set iff y.flat[i] > 0"},
+    {"relu_backward_mask", KW_FN(py_relu_backward_mask), METH_VARARGS | METH_KEYWORDS,
+     "relu_backward_mask(dy, mask, inplace=False) -> dx = dy where the mask bit is set, else 0 "
+     "(inplace: written over dy)"},
     {"max_pool2d_forward", KW_FN(py_max_pool2d_forward), METH_VARARGS | METH_KEYWORDS,
-     "max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False)"
+     "max_pool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, "
+     "return_indices=True)"
      " -> (y, indices int64)"},
     {"max_pool2d_backward", KW_FN(py_max_pool2d_backward), METH_VARARGS | METH_KEYWORDS,
-     "max_pool2d_backward(dy, indices, x_shape) -> dx"},
+     "max_pool2d_backward(dy, indices, x_shape) -> dx (indices int64, or int32)"},
     {"avg_pool2d_forward", KW_FN(py_avg_pool2d_forward), METH_VARARGS | METH_KEYWORDS,
      "avg_pool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False, "
      "count_include_pad=True) -> y"},
@@ -632,8 +828,13 @@ static PyMethodDef kernel_methods[] = {
     {"adaptive_avg_pool2d_backward", KW_FN(py_adaptive_avg_pool2d_backward),
      METH_VARARGS | METH_KEYWORDS, "adaptive_avg_pool2d_backward(dy, x_shape) -> dx"},
     {"batch_norm_forward", KW_FN(py_batch_norm_forward), METH_VARARGS | METH_KEYWORDS,
-     "batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps)"
-     " -> (y, save_mean, save_invstd)"},
+     "batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum, eps, "
+     "save_xhat=False) -> (y, save_mean, save_invstd), plus xhat (bf16 bits, uint16) with "
+     "save_xhat"},
+    {"batch_norm_backward_xhat", KW_FN(py_batch_norm_backward_xhat), METH_VARARGS | METH_KEYWORDS,
+     "batch_norm_backward_xhat(dy, xhat, weight, save_invstd, training=True, inplace=False) -> "
+     "(dx, dweight, dbias): batch_norm_backward from the bf16 xhat of "
+     "batch_norm_forward(save_xhat=True); inplace: dx written over dy"},
     {"batch_norm_backward", KW_FN(py_batch_norm_backward), METH_VARARGS | METH_KEYWORDS,
      "batch_norm_backward(dy, x, weight, save_mean, save_invstd, training) -> "
      "(dx, dweight|None, dbias)"},

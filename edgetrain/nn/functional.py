@@ -8,6 +8,7 @@ are validated here first so that a bad call raises a ValueError/TypeError
 naming the op and the shapes, never a crash.
 """
 import numbers
+import os
 import warnings
 
 import numpy as np
@@ -82,10 +83,57 @@ def _unbatched(x, op):
 
 
 # ---------------------------------------------------------------------------
+# the allocator: large buffers as their own mappings
+def _tune_malloc():
+    """Opt-in: EDGETRAIN_MMAP_THRESHOLD_KB=N (N > 0) fixes glibc's
+    M_MMAP_THRESHOLD at N KiB, once, at import; unset or 0: glibc's dynamic
+    threshold, untouched. 256 is the value measured below.
+
+    Why: a training step allocates and frees its activations, saved copies and
+    gradients (~1.5 GB for ResNet-18 224x224 b32) every step. With glibc's
+    dynamic threshold every buffer under the largest one freed so far (up to
+    32 MiB) comes from the brk heap after the first step, and the heap keeps its
+    high-water mark resident and fragments: freed forward buffers are not
+    reused by the larger backward ones, so the peak RSS is the forward's heap
+    plus the backward's buffers (ResNet-18 224 b32 int8 training step, 2 cores:
+    903 MiB dynamic, 658 MiB with 256). The cost: the pages of each new large
+    buffer are faulted in again (+0.5 to 1 s of CPU per step there, measured
+    under load).
+    Not the default: under an address-space cap (RLIMIT_AS) a fixed threshold
+    makes small buffers need new mappings too, and one such failure inside an op
+    hangs instead of raising MemoryError (tests/test_errors.py's allocation
+    failure test, ref backend conv2d). A threshold the user set for glibc
+    (MALLOC_MMAP_THRESHOLD_ or GLIBC_TUNABLES) wins."""
+    env = os.environ.get("EDGETRAIN_MMAP_THRESHOLD_KB", "").strip()
+    if not env or "MALLOC_MMAP_THRESHOLD_" in os.environ \
+            or "mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    try:
+        kb = int(env)
+    except ValueError:
+        kb = -1
+    if not 0 <= kb <= 32 << 10:
+        raise ValueError(f"EDGETRAIN_MMAP_THRESHOLD_KB must be an integer in [0, 32768] "
+                         f"(KiB; 0: glibc's dynamic threshold), got {env!r}")
+    return kb > 0 and _C.set_mmap_threshold(kb << 10)
+
+
+_tune_malloc()
+
+
+# ---------------------------------------------------------------------------
 # low-precision helpers (edgetrain.precision)
 def _recording(ctx):
     """True when Function.apply will keep this node for backward."""
     return is_grad_enabled() and any(ctx.needs_input_grad)
+
+
+def _weight_cacheable(ctx):
+    """Whether an int8 weight may come from the prepacked-weight cache
+    (csrc/quant/wcache.h): not when it is being trained (needs grad under grad
+    mode), since the optimizer changes it every step and an entry would only
+    cost ~1.5x its bytes and a compare; yes for frozen layers and inference."""
+    return not (is_grad_enabled() and ctx.needs_input_grad[1])
 
 
 def _sr_seed(pdx, pdw):
@@ -132,7 +180,8 @@ class _Conv2d(Function):
         ctx.x_nonneg = nonneg = _nonneg(x, pol)
         out = _C.conv2d_forward_lowp(x, w, None if b is None else _c(b), stride, padding,
                                      dilation, groups, precision=fwd, backend=ctx.backend,
-                                     x_nonneg=nonneg, return_xq=keep_q)
+                                     x_nonneg=nonneg, return_xq=keep_q,
+                                     cache_weight=_weight_cacheable(ctx))
         if keep_q:
             # activations saved at forward precision: x_q (1 byte/element), not x
             y, xq, xs = out
@@ -239,7 +288,8 @@ class _Linear(Function):
         keep_q = fwd == "int8" and _recording(ctx)
         ctx.x_nonneg = nonneg = _nonneg(x, pol)
         out = _C.linear_forward_lowp(x, w, None if b is None else _c(b), precision=fwd,
-                                     backend=ctx.backend, x_nonneg=nonneg, return_xq=keep_q)
+                                     backend=ctx.backend, x_nonneg=nonneg, return_xq=keep_q,
+                                     cache_weight=_weight_cacheable(ctx))
         if keep_q:
             y, xq, xs = out
             ctx.save_for_backward(None, w, _SavedToken(xq.nbytes), xq, xs)
@@ -295,9 +345,28 @@ def linear(input, weight, bias=None):
 
 # ---------------------------------------------------------------------------
 # activations
+class Relu(Function):
+    """relu through the C kernel (float32). Saves the bit mask of y > 0 (1 bit per
+    element, uint8 (ceil(numel / 8),)), not y (32 bits): the backward is
+    dx = dy where y > 0, the same values as from y (+0 elsewhere, NaN -> 0). The
+    mask is only made when the node is recorded."""
+    @staticmethod
+    def forward(ctx, a):
+        a = _c(a)
+        if not _recording(ctx):
+            return _C.relu_forward(a)
+        y, mask = _C.relu_forward_mask(a)
+        ctx.save_for_backward(mask)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        # the engine's gradient buffer, when it is ours alone, becomes dx
+        return _C.relu_backward_mask(_c(g), ctx.saved_tensors[0], inplace=ctx._grad_owned)
+
+
 def relu(input, inplace=False):
     _check_float(input, "relu")
-    from ..tensor import Relu
     y = Relu.apply(input)
     if inplace and not input.requires_grad and y.grad_fn is None:
         input._data[...] = y._data
@@ -392,8 +461,18 @@ class _MaxPool2d(Function):
     @staticmethod
     def forward(ctx, x, k, s, p, d, ceil_mode):
         ctx.x_shape = x.shape
-        y, idx = _C.max_pool2d_forward(_c(x), k, s, p, d, bool(ceil_mode))
-        ctx.save_for_backward(idx)
+        # no backward to feed (no_grad / input without grad): no int64 argmax
+        # indices (8 bytes per output written, then dropped)
+        rec = _recording(ctx)
+        y, idx = _C.max_pool2d_forward(_c(x), k, s, p, d, bool(ceil_mode), return_indices=rec)
+        if rec:
+            # the argmax indices are flat within one (H, W) plane: < H*W, so int32
+            # holds them whenever H*W does; saved at 4 bytes, not the kernel's 8
+            # (ResNet-18 224x224 b32: 24.5 MiB instead of 49); the backward binding
+            # takes them as they are (it widens a few planes at a time)
+            if x.shape[-2] * x.shape[-1] <= np.iinfo(np.int32).max:
+                idx = idx.astype(np.int32)
+            ctx.save_for_backward(idx)
         return y
 
     @staticmethod
@@ -472,20 +551,39 @@ def adaptive_avg_pool2d(input, output_size):
 # ---------------------------------------------------------------------------
 # batch norm
 class _BatchNorm(Function):
+    """fp32 policy: saves x (float32) and the statistics; the backward is
+    PyTorch's formula from x. Any lower-precision policy (bf16 / fp16 / int8 /
+    int8-mixed), when the node is recorded: saves xhat = (x - mean) * invstd
+    rounded to bfloat16 (2 bytes per element instead of 4, written by the
+    forward kernel in the same pass) and the backward reads it instead of
+    recomputing it from x; the forward output and running statistics are the
+    same bits either way, the gradients differ by xhat's rounding (relative
+    error <= 2^-9 per element, well under the int8 / bf16 products' own)."""
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps):
         x = _c(x)
-        y, mean, invstd = _C.batch_norm_forward(
-            x, None if weight is None else _c(weight), None if bias is None else _c(bias),
-            running_mean, running_var, bool(training), float(momentum), float(eps))
-        ctx.save_for_backward(x, None if weight is None else _c(weight), mean, invstd)
+        w = None if weight is None else _c(weight)
         ctx.training = bool(training)
+        ctx.xhat = _current_policy() != _FP32 and _recording(ctx)
+        out = _C.batch_norm_forward(
+            x, w, None if bias is None else _c(bias), running_mean, running_var,
+            bool(training), float(momentum), float(eps), save_xhat=ctx.xhat)
+        if ctx.xhat:
+            y, mean, invstd, xhat = out
+            ctx.save_for_backward(xhat, w, None, invstd)
+        else:
+            y, mean, invstd = out
+            ctx.save_for_backward(x, w, mean, invstd)
         return y
 
     @staticmethod
     def backward(ctx, g):
         x, w, mean, invstd = ctx.saved_tensors
-        dx, dw, db = _C.batch_norm_backward(_c(g), x, w, mean, invstd, ctx.training)
+        if ctx.xhat:   # x is the bf16 xhat; the engine's gradient buffer, ours alone, becomes dx
+            dx, dw, db = _C.batch_norm_backward_xhat(_c(g), x, w, invstd, ctx.training,
+                                                     inplace=ctx._grad_owned)
+        else:
+            dx, dw, db = _C.batch_norm_backward(_c(g), x, w, mean, invstd, ctx.training)
         return dx, dw, db, None, None, None, None, None
 
 
