@@ -402,3 +402,18 @@ def test_max_pool_backward_binding_int32_equals_int64():
     bad.flat[-1] = 99        # outside the 9*11 plane
     with pytest.raises(ValueError, match="max_pool2d_backward: index 99"):
         _C.max_pool2d_backward(g, bad, x.shape)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 1000, 33001])
+def test_relu_forward_mask_bits_every_length(n):
+    """The vectorised full bytes and the scalar tail agree with NumPy bit for
+    bit: y = x where x >= 0 or NaN (NaN and -0.0 kept), bit i set iff y > 0,
+    little-endian within a byte."""
+    from edgetrain import _C
+    x = np.random.RandomState(n).randn(n).astype(np.float32)
+    x[::17] = np.nan
+    x[::23] = -0.0
+    y, m = _C.relu_forward_mask(x)
+    ry = np.where(x < 0, np.float32(0), x).astype(np.float32)
+    assert np.array_equal(y.view(np.uint32), ry.view(np.uint32))
+    assert np.array_equal(m, np.packbits((ry > 0).astype(np.uint8), bitorder="little"))

@@ -3,6 +3,10 @@
 
 #include <stddef.h>
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 /* Below this many elements a parallel region costs more than it saves. */
 #define ET_ACT_PAR_MIN 32768
 
@@ -39,6 +43,21 @@ et_status et_relu_forward_mask(const float *x, float *y, uint8_t *mask, int64_t 
     #pragma omp parallel for schedule(static) if(n > ET_ACT_PAR_MIN)
     for (int64_t b = 0; b < nb; b++) {
         int64_t i0 = b * 8, i1 = i0 + 8 < n ? i0 + 8 : n;
+#ifdef __AVX2__
+        /* a full byte: 8 lanes, one compare-blend and one movemask (lane k ->
+         * bit k). The scalar loop below does not vectorise (the bit packing)
+         * and made relu 5x slower than the plain kernel (resnet18 b32 profile:
+         * 16 ms per call instead of 3). Same results: v < 0 is false for NaN
+         * and -0, which stay as they are, and r > 0 is false for both. */
+        if (i1 - i0 == 8) {
+            const __m256 zero = _mm256_setzero_ps();
+            __m256 v = _mm256_loadu_ps(x + i0);
+            __m256 r = _mm256_blendv_ps(v, zero, _mm256_cmp_ps(v, zero, _CMP_LT_OQ));
+            _mm256_storeu_ps(y + i0, r);
+            mask[b] = (uint8_t)_mm256_movemask_ps(_mm256_cmp_ps(r, zero, _CMP_GT_OQ));
+            continue;
+        }
+#endif
         unsigned m = 0;
         for (int64_t i = i0; i < i1; i++) {
             float v = x[i];
