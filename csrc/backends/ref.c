@@ -267,6 +267,26 @@ static et_status ref_conv2d_widened(const et_conv2d_args *p)
     return st;
 }
 
+/* Inside a parallel region, after each thread allocated its own buffers:
+ * 1 on every thread when no thread's allocation failed, 0 on every thread
+ * otherwise (*failed, shared, is then 1). The team must agree before a
+ * worksharing loop: a thread that skipped the loop would leave the others
+ * waiting at its implicit barrier for ever. That hang was found with a
+ * capped address space (one thread's im2col buffer failed, the other's did
+ * not) when a private per-thread flag decided. */
+static int team_all_ok(int mine_failed, int *failed)
+{
+    if (mine_failed) {
+#pragma omp atomic write
+        *failed = 1;
+    }
+#pragma omp barrier
+    int any;
+#pragma omp atomic read
+    any = *failed;
+    return !any;
+}
+
 /* int8 conv: per (image, group) y_g (OC/G, OHW) s32 = w_g (OC/G, KK) s8 . cols (KK, OHW) u8|s8 */
 static et_status ref_conv2d_int8(const et_conv2d_args *p)
 {
@@ -284,12 +304,11 @@ static et_status ref_conv2d_int8(const et_conv2d_args *p)
     const int outer = jobs >= nthr && nthr > 1 && (double)OCg * OHW * KK * jobs > 262144.0;
     const size_t nbuf = (size_t)(KK * OHW);
     int fail = 0;
-#pragma omp parallel if (outer) reduction(|:fail)
+#pragma omp parallel if (outer)
     {
         uint8_t *cols = et_aligned_alloc(nbuf);                               // (KK, OHW)
         uint8_t *colsT = transposed ? et_aligned_alloc(nbuf) : NULL;          // (OHW, KK)
-        if (!cols || (transposed && !colsT)) fail = 1;
-        if (!fail) {
+        if (team_all_ok(!cols || (transposed && !colsT), &fail)) {
 #pragma omp for schedule(static)
             for (int64_t job = 0; job < jobs; job++) {
                 const int64_t n = job / G, g = job % G;
@@ -353,12 +372,13 @@ static et_status ref_conv2d_f32(const et_conv2d_args *p)
     const int outer = jobs >= nthr && nthr > 1 && (double)OCg * OHW * KK * jobs > 262144.0;
     const size_t nbuf = (size_t)(KK * OHW) * sizeof(float);
     int fail = 0;
-#pragma omp parallel if (outer) reduction(|:fail)
+#pragma omp parallel if (outer)
     {
         float *cols = NULL, *colsT = NULL;
-        if (!direct && !(cols = et_aligned_alloc(nbuf))) fail = 1;           // (KK, OHW)
-        if (transposed && !(colsT = et_aligned_alloc(nbuf))) fail = 1;       // (OHW, KK)
-        if (!fail) {
+        int mine = 0;
+        if (!direct && !(cols = et_aligned_alloc(nbuf))) mine = 1;           // (KK, OHW)
+        if (transposed && !(colsT = et_aligned_alloc(nbuf))) mine = 1;       // (OHW, KK)
+        if (team_all_ok(mine, &fail)) {
 #pragma omp for schedule(static)
             for (int64_t job = 0; job < jobs; job++) {
                 const int64_t n = job / G, g = job % G;
