@@ -25,6 +25,7 @@
  *                  the Makefile runs this to show TSan is live (it must fail)
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -601,15 +602,31 @@ static void scenario_queue_churn(void)
 
 /* ----------------------------------------------------- planted data race */
 
+/* The job writes `racy` and then raises `ran` through a relaxed atomic, which
+ * orders nothing for TSan; the main thread spins on it, then writes `racy`
+ * too. The two writes are unordered, and the race is there on every run:
+ * with a plain "submit; racy++; wait" it was there only when the worker took
+ * the job before the main thread reached wait (on a quiet machine the main
+ * thread got there first, and the mutex hand-off inside wait ordered the two
+ * writes: CI saw no report). */
 static int64_t racy;
-static et_status job_racy(void *arg) { (void)arg; racy++; return ET_OK; }
+static atomic_int ran;
+static et_status job_racy(void *arg)
+{
+    (void)arg;
+    racy++;
+    atomic_store_explicit(&ran, 1, memory_order_relaxed);
+    return ET_OK;
+}
 
 static int plant_race(void)
 {
     et_queue *q = new_queue(4);
-    for (int i = 0; i < 100; i++) {
+    for (int i = 0; i < 10; i++) {
+        atomic_store_explicit(&ran, 0, memory_order_relaxed);
         uint64_t t = submit(q, job_racy, NULL, 0);
-        racy++;   /* no wait first: races the job */
+        while (!atomic_load_explicit(&ran, memory_order_relaxed)) sched_yield();
+        racy++;   /* after the job's write, but not ordered with it */
         et_queue_wait(q, t);
     }
     et_queue_free(q);
