@@ -28,7 +28,16 @@ import time
 
 import numpy as np
 
-_grad_enabled = True
+
+
+class _GradMode_TLS(threading.local):
+    """Grad mode is per thread, as PyTorch's: a `no_grad()` in one thread (an
+    evaluation loop, a data worker) leaves recording on in the others, and
+    every new thread starts with recording on."""
+    enabled = True
+
+
+_grad_state = _GradMode_TLS()
 
 # The running profile's event list (edgetrain.profiler), None when off. Off,
 # the instrumentation below is this one `is None` check per forward / backward;
@@ -41,12 +50,12 @@ _thread_id = threading.get_ident
 
 
 def is_grad_enabled():
-    return _grad_enabled
+    """Whether ops record a graph now, in this thread."""
+    return _grad_state.enabled
 
 
 def set_grad_enabled_(mode):
-    global _grad_enabled
-    _grad_enabled = bool(mode)
+    _grad_state.enabled = bool(mode)
 
 
 class _GradMode(contextlib.ContextDecorator):
@@ -54,6 +63,11 @@ class _GradMode(contextlib.ContextDecorator):
 
     def __init__(self):
         self._prev = []
+
+    def _recreate_cm(self):
+        # as a decorator, each call gets its own instance (PyTorch's clone()):
+        # calls from several threads do not share the saved-mode stack
+        return type(self)()
 
     def __enter__(self):
         self._prev.append(is_grad_enabled())
@@ -80,8 +94,18 @@ class set_grad_enabled(contextlib.ContextDecorator):
     manager it restores the previous mode on exit (as PyTorch's)."""
 
     def __init__(self, mode):
+        self.mode = bool(mode)
         self._prev = is_grad_enabled()
         set_grad_enabled_(mode)
+
+    def __call__(self, fn):
+        # used as a decorator: the mode applies inside fn's calls only, so
+        # undo what __init__ set at decoration time (as PyTorch's)
+        set_grad_enabled_(self._prev)
+        return super().__call__(fn)
+
+    def _recreate_cm(self):
+        return set_grad_enabled(self.mode)
 
     def __enter__(self):
         return self
@@ -140,7 +164,7 @@ class Function:
         ctx = cls()
         raw = [a._data if isinstance(a, Tensor) else a for a in args]
         needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
-        record = _grad_enabled and any(needs)
+        record = _grad_state.enabled and any(needs)
         ctx.needs_input_grad = needs
         if _profiler is None:
             out = cls.forward(ctx, *raw, **kwargs)

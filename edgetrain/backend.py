@@ -2,7 +2,7 @@
 
     et.backends()              # ["ref", "blas", "onednn"] (built and usable)
     et.set_backend("blas")     # process-wide default
-    with et.backend("ref"):    # scoped; also usable as a decorator
+    with et.backend("ref"):    # scoped, this thread only; also a decorator
         ...
 
 Ops read get_backend() when they run and pass it to edgetrain._C as
@@ -10,11 +10,22 @@ Ops read get_backend() when they run and pass it to edgetrain._C as
 """
 import contextlib
 import functools
+import threading
 
 from . import _C
 from .errors import ShapeError
 
-_current = None
+_current = None   # process-wide (set_backend); None: _default() on first use
+
+
+class _Scope(threading.local):
+    """The innermost et.backend(...) scope, per thread: a scope in one thread
+    does not move another thread's ops (as PyTorch's `with torch.device`).
+    None: the process-wide backend is in force."""
+    name = None
+
+
+_scope = _Scope()
 
 
 def backends():
@@ -47,8 +58,12 @@ def set_backend(name):
 
 
 def get_backend():
-    """The backend ops use now."""
+    """The backend ops use now (this thread's innermost scope, else the
+    process-wide one)."""
     global _current
+    scoped = _scope.name
+    if scoped is not None:
+        return scoped
     if _current is None:
         _current = _default()
     return _current
@@ -62,15 +77,18 @@ class backend(contextlib.ContextDecorator):
         self.name = _check(name)
         self._saved = []
 
+    def _recreate_cm(self):
+        # as a decorator, each call gets its own instance: calls from several
+        # threads do not share the saved-scope stack
+        return backend(self.name)
+
     def __enter__(self):
-        global _current
-        self._saved.append(get_backend())
-        _current = self.name
+        self._saved.append(_scope.name)
+        _scope.name = self.name
         return self.name
 
     def __exit__(self, *exc):
-        global _current
-        _current = self._saved.pop()
+        _scope.name = self._saved.pop()
         return False
 
 

@@ -1,7 +1,8 @@
 """At what precision the heavy products (conv2d / linear) run.
 
     et.set_precision("int8")             # process-wide default policy
-    with et.precision("bf16"): ...       # scoped (restores on exit); also a decorator
+    with et.precision("bf16"): ...       # scoped, this thread only (restores on
+                                         # exit); also a decorator
     model.set_precision("int8-mixed")    # one layer / a subtree; None clears it
     et.get_precision()                   # {"forward": ..., "backward_data": ...,
                                          #  "backward_weight": ...} in force now
@@ -20,7 +21,8 @@ A policy is a preset name or a dict naming every pass:
 Only conv2d / linear products change: master weights, BatchNorm and optimizer
 state stay fp32 whatever the policy. A Conv2d / Linear layer uses its own
 policy (module.set_precision) if it has one, else the innermost
-`et.precision(...)` context, else the process-wide default. Saved activations
+`et.precision(...)` context of the calling thread (scopes are per thread, as
+PyTorch's autocast and no_grad), else the process-wide default. Saved activations
 of an int8 forward are kept quantized (1 byte per element instead of 4).
 
 int8 ranges: weights per output channel in [-127, 127]; activations and
@@ -33,6 +35,7 @@ runs once, exactly (2 * 127 * 127 <= 32767). `et.set_int8_reduce_range(False)`
 selects full 8-bit activations and gradients (still exact, slower here).
 """
 import contextlib
+import threading
 
 __all__ = ["set_precision", "get_precision", "precision", "saved_activation_bytes",
            "resolve_policy", "set_int8_reduce_range", "int8_reduce_range"]
@@ -50,7 +53,16 @@ _PRESETS = {
 FP32 = _PRESETS["fp32"]
 
 _default = FP32        # process-wide (set_precision)
-_current = None        # innermost et.precision(...) / layer scope; None = _default
+
+
+class _Scope(threading.local):
+    """The innermost et.precision(...) / layer scope, per thread (as PyTorch's
+    autocast): a scope entered in one thread does not change what another
+    thread computes. None: the process-wide default is in force."""
+    current = None
+
+
+_scope = _Scope()
 
 
 def _resolve(policy):
@@ -114,7 +126,8 @@ def get_precision():
 
 def current():
     """Internal: (forward, backward_data, backward_weight) in force now."""
-    return _default if _current is None else _current
+    cur = _scope.current
+    return _default if cur is None else cur
 
 
 class precision(contextlib.ContextDecorator):
@@ -125,15 +138,18 @@ class precision(contextlib.ContextDecorator):
         self.policy = _resolve(policy)
         self._saved = []
 
+    def _recreate_cm(self):
+        # as a decorator, each call gets its own instance: calls from several
+        # threads (or recursive ones) do not share the saved-policy stack
+        return precision(_as_dict(self.policy))
+
     def __enter__(self):
-        global _current
-        self._saved.append(_current)
-        _current = self.policy
+        self._saved.append(_scope.current)
+        _scope.current = self.policy
         return _as_dict(self.policy)
 
     def __exit__(self, *exc):
-        global _current
-        _current = self._saved.pop()
+        _scope.current = self._saved.pop()
         return False
 
     @staticmethod
@@ -159,13 +175,12 @@ def int8_reduce_range():
 def call_with(policy, fn, *args, **kwargs):
     """Internal (Module.__call__): fn(*args, **kwargs) with the resolved
     `policy` in force, the previous one restored afterwards."""
-    global _current
-    prev = _current
-    _current = policy
+    prev = _scope.current
+    _scope.current = policy
     try:
         return fn(*args, **kwargs)
     finally:
-        _current = prev
+        _scope.current = prev
 
 
 def set_module_precision(module, policy):
