@@ -8,6 +8,9 @@
  *             dy as (OC, N, OH, OW)) -> (C/G, OC, KH, KW) -> (OC, C/G, KH, KW)
  *                                                  dilation s, groups G)
  *   db = sum of dy over N, OH, OW               (CPU, while the jobs run)
+ * dw has a second formulation, im2col + matmul (groups x chunks matmul jobs,
+ * im2col chunks bounded in memory), chosen per call by ET_CONV_DW=conv|gemm|auto
+ * (auto: gemm except on ref and for tiny jobs): see conv2d.c.
  * No backward primitive anywhere: an inference engine has none.
  *
  * Shapes: x (N, C, H, W), w (OC, C/G, KH, KW), b (OC), y/dy (N, OC, OH, OW);

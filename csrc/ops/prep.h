@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../core/status.h"
 #include "conv2d.h"
 
 /* Geometry of the backward-data conv of one spatial dim set: the stride-1,
@@ -65,5 +66,34 @@ void et_prep_crop_transpose(const void *out, void *dw, size_t esz, int64_t OC, i
 
 /* dst (C, R) = src (R, C) transposed. */
 void et_prep_transpose2d(const void *src, void *dst, size_t esz, int64_t R, int64_t C);
+
+/* ---- backward-weight as im2col + matmul (conv2d.c, ET_CONV_DW) -------------
+ * The output rows of a conv, (n, oh) flattened to r = n*OH + oh (0 <= r < N*OH),
+ * are the unit of the batch chunking: a chunk is the rows [r0, r0 + R), i.e.
+ * R*OW output positions, possibly across several images and never needing
+ * whole images (the memory budget then holds even for one huge image). */
+
+/* cols (C*KH*KW, R*OW) for the rows [r0, r0 + R):
+ *   cols[(c*KH + kh)*KW + kw, (r - r0)*OW + ow]
+ *     = x[n, c, oh*s0 - pad_lo0 + kh*d0, ow*s1 - pad_lo1 + kw*d1]   (n = r / OH, oh = r % OH)
+ *     or 0 (all-zero bytes) outside the image: the padding.
+ * x (N, C, H, W) contiguous, elements of esz bytes. The high padding (pad_hi)
+ * only shows in OH / OW, which the caller passes (et_conv_out_size). Row
+ * block g*Cg*KH*KW .. (g+1)*Cg*KH*KW is group g's (Cg*KH*KW, R*OW) operand.
+ * OpenMP-parallel over (cols row, image row) pairs when large.
+ * ET_ERR_VALUE (naming `op`) when a size is not positive or the rows fall
+ * outside [0, N*OH). */
+et_status et_prep_im2col_rows(const char *op, const void *x, void *cols, size_t esz, int64_t N,
+                              int64_t C, int64_t H, int64_t W, int64_t KH, int64_t KW,
+                              const int64_t stride[2], const int64_t pad_lo[2],
+                              const int64_t dilation[2], int64_t OH, int64_t OW, int64_t r0,
+                              int64_t R);
+
+/* dst (OC, R*OW): dst[o, (r - r0)*OW + ow] = dy[n, o, oh, ow] (n = r / OH, oh = r % OH),
+ * the same rows as et_prep_im2col_rows, channel-major so that row block
+ * g*OCg .. (g+1)*OCg is group g's (OCg, R*OW) operand. dy (N, OC, OH, OW).
+ * ET_ERR_VALUE as above. */
+et_status et_prep_rows_gather(const char *op, const void *dy, void *dst, size_t esz, int64_t N,
+                              int64_t OC, int64_t OH, int64_t OW, int64_t r0, int64_t R);
 
 #endif
