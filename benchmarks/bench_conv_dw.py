@@ -3,7 +3,11 @@ alternating turns in one process, after one warm-up call of each; medians of wal
 process CPU time per shape, and the resnet18 step total weighted by each shape's count.
 From the repo root (PYTHONPATH=. so that this checkout's extension is the one imported):
   PYTHONPATH=. OMP_NUM_THREADS=2 python benchmarks/bench_conv_dw.py [reps] [resnet18|grouped] \
-      [backends, default onednn,blas] [modes, default conv,gemm]
+      [backends, default onednn,blas] [modes, default conv,gemm] [precisions, default fp32]
+precisions: comma list of fp32, bf16, fp16, int8. fp32 times the fp32 op
+(_C.conv2d_backward_weight); the others the low-precision pass
+(_C.conv2d_backward_lowp with only grad_weight wanted: the f32 -> bf16/fp16 conversion of x
+and dy is inside the timed call, in both modes; int8 ignores ET_CONV_DW, conv only).
 BENCH_ONLY=<substring> keeps the shapes whose name contains it."""
 import os, sys, time, statistics
 import numpy as np
@@ -13,6 +17,7 @@ reps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 which = sys.argv[2] if len(sys.argv) > 2 else "resnet18"
 backends = (sys.argv[3] if len(sys.argv) > 3 else "onednn,blas").split(",")
 modes = (sys.argv[4] if len(sys.argv) > 4 else "conv,gemm").split(",")
+precs = (sys.argv[5] if len(sys.argv) > 5 else "fp32").split(",")
 B = 32
 # (name, count per resnet18 step, C, OC, H, k, stride, pad, groups)
 R18 = [("conv1 3->64 7x7 s2 @224", 1, 3, 64, 224, 7, 2, 3, 1),
@@ -45,31 +50,39 @@ for name, cnt, C, OC, H, k, s, p, g in shapes:
     OH = (H + 2 * p - k) // s + 1
     dy = rng.standard_normal((B, OC, OH, OH), dtype=np.float32)
     ws = (OC, C // g, k, k)
+    w = np.zeros(ws, np.float32)   # lowp: only its shape is read when dx is not wanted
     flops = 2 * B * OC * OH * OH * (C // g) * k * k
-    for be in backends:
+    def dw_pass(be, prec):
+        if prec == "fp32":
+            return _C.conv2d_backward_weight(dy, x, ws, (s, s), (p, p), (1, 1), g, backend=be)
+        return _C.conv2d_backward_lowp(dy, x, w, (s, s), (p, p), (1, 1), g, False, True, False,
+                                       prec, prec, 0, 0, be)[1]
+    for be, prec in ((b, q) for q in precs for b in backends):
         wall = {m: [] for m in modes}
         cpu = {m: [] for m in modes}
         for m in modes:  # warm-up (primitive creation, page faults)
             os.environ["ET_CONV_DW"] = m
-            _C.conv2d_backward_weight(dy, x, ws, (s, s), (p, p), (1, 1), g, backend=be)
+            dw_pass(be, prec)
         for _ in range(reps):
             for m in modes:
                 os.environ["ET_CONV_DW"] = m
                 c0, t0 = time.process_time(), time.perf_counter()
-                _C.conv2d_backward_weight(dy, x, ws, (s, s), (p, p), (1, 1), g, backend=be)
+                dw_pass(be, prec)
                 wall[m].append(time.perf_counter() - t0)
                 cpu[m].append(time.process_time() - c0)
         med = {m: statistics.median(wall[m]) for m in modes}
         cmed = {m: statistics.median(cpu[m]) for m in modes}
         for m in modes:
-            tot[(be, m)] = tot.get((be, m), 0.0) + cnt * med[m]
-            tot[(be, m, "cpu")] = tot.get((be, m, "cpu"), 0.0) + cnt * cmed[m]
+            tot[(be, prec, m)] = tot.get((be, prec, m), 0.0) + cnt * med[m]
+            tot[(be, prec, m, "cpu")] = tot.get((be, prec, m, "cpu"), 0.0) + cnt * cmed[m]
         cols = "  ".join(f"{m} {1e3 * med[m]:8.2f} ms ({flops / med[m] / 1e9:6.1f} GF/s, cpu {1e3 * cmed[m]:8.2f})"
                          for m in modes)
         ratio = med[modes[0]] / med[modes[-1]] if len(modes) > 1 else 1.0
-        print(f"{name:26s} x{cnt} {be:6s} {cols}  {modes[0]}/{modes[-1]} {ratio:5.2f}", flush=True)
+        print(f"{name:26s} x{cnt} {be:6s} {prec:4s} {cols}  {modes[0]}/{modes[-1]} {ratio:5.2f}", flush=True)
 print("total per step (count-weighted medians):")
-for be in backends:
-    print("  " + be + ": " + "  ".join(f"{m} {tot[(be, m)]:.3f} s (cpu {tot[(be, m, 'cpu')]:.3f} s)"
-                                       for m in modes))
+for prec in precs:
+    for be in backends:
+        print(f"  {be} {prec}: " + "  ".join(f"{m} {tot[(be, prec, m)]:.3f} s "
+                                            f"(cpu {tot[(be, prec, m, 'cpu')]:.3f} s)"
+                                            for m in modes))
 print(f"load average at end: {os.getloadavg()}")

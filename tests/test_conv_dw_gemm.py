@@ -212,3 +212,177 @@ def test_profiled_gemm_jobs_carry_the_pass_flops(monkeypatch):
     N, C, H, W, OC, K, s, p, d, G = c
     assert len(jobs) == G * N * dy.shape[2]
     assert sum(j["flops"] for j in jobs) == 2 * N * OC * dy.shape[2] * dy.shape[3] * (C // G) * 9
+
+
+# ---- bf16 / fp16 weight gradients (csrc/ops/conv2d_lowp.c, shared conv2d_dw.c) ----------
+#
+# The low-precision backward converts x and dy to bf16 / fp16 (round to nearest
+# even) and then runs either formulation on the SAME converted operands. A product
+# of two bf16 (8-bit significands) or two fp16 (11-bit) values is exact in fp32
+# (16 / 22 <= 24 bits, and far from fp32's under/overflow for these data), and every
+# backend accumulates in fp32 (backend.h: bf16/f16 x bf16/f16 -> f32). So conv and
+# gemm differ only in the fp32 summation order, exactly as in fp32: both must equal
+# torch float64 of the same rounded operands within the fp32 tolerance TOL = 1e-5
+# (and so each other within 2*TOL). A wrong tap or a dropped chunk moves entries by
+# O(1) of max |ref|, and a missing conversion (f32 operands) by ~2^-9 (bf16) or
+# ~2^-12 (fp16) relative per operand, far above 1e-5 summed over these reductions.
+# Against torch fp32 of the unrounded operands: cosine >= 0.9999 (issue 3, as
+# tests/test_lowp_ops.py).
+LOWP = ["bf16", "fp16"]
+COS_MIN = 0.9999
+
+
+def lowp_dw(monkeypatch, mode, budget, c, x, dy, prec, backend, dx=False, db=False):
+    monkeypatch.setenv("ET_CONV_DW", mode)
+    if budget is None:
+        monkeypatch.delenv("ET_CONV_DW_BUDGET", raising=False)
+    else:
+        monkeypatch.setenv("ET_CONV_DW_BUDGET", budget)
+    N, C, H, W, OC, K, s, p, d, G = c
+    w = np.zeros((OC, C // G) + K, np.float32)   # read for dx only
+    return _C.conv2d_backward_lowp(dy, x, w, s, p, d, G, dx, True, db, prec, prec, 0, 0, backend)
+
+
+def rounded_ref(c, x, dy, prec):
+    """torch float64 dw of the operands rounded to `prec` (what both formulations multiply)."""
+    N, C, H, W, OC, K, s, p, d, G = c
+    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+    xq = torch.from_numpy(x).to(tdt).double()
+    dq = torch.from_numpy(dy).to(tdt).double()
+    return torch.nn.grad.conv2d_weight(xq, (OC, C // G) + K, dq, s, p, d, G).numpy()
+
+
+def cosine(a, b):
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-300))
+
+
+@pytest.mark.parametrize("prec", LOWP)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("c", CASES, ids=case_id)
+def test_lowp_gemm_matches_conv_and_torch(monkeypatch, backend, prec, c):
+    x, dy, wshape, ref32 = draw(c)
+    refq = rounded_ref(c, x, dy, prec)
+    conv = lowp_dw(monkeypatch, "conv", None, c, x, dy, prec, backend)[1]
+    assert rel_err(conv, refq) <= TOL
+    N, C, H, W, OC, K, s, p, d, G = c
+    three_rows = str(3 * (C * K[0] * K[1] + OC) * dy.shape[3] * 2)   # 2-byte elements: 3 rows
+    for budget in (None, TINY, three_rows):
+        gemm = lowp_dw(monkeypatch, "gemm", budget, c, x, dy, prec, backend)[1]
+        assert gemm.dtype == np.float32 and gemm.shape == wshape
+        err_q, err_c = rel_err(gemm, refq), rel_err(gemm, conv)
+        assert err_q <= TOL, (budget, err_q)
+        assert err_c <= 2 * TOL, (budget, err_c)
+        cs = cosine(gemm, ref32)
+        assert cs >= COS_MIN, (budget, cs)
+
+
+@pytest.mark.skipif(not HAVE_QUEUE_STATS, reason="_C.default_queue_stats (queue binding) not built")
+@pytest.mark.parametrize("prec", LOWP + ["fp32", "int8"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lowp_switch_selects_the_formulation(monkeypatch, backend, prec):
+    # as test_the_switch_selects_the_formulation; int8 keeps the conv formulation
+    # whatever ET_CONV_DW says (1 job: this batch is far below its int32 chunking)
+    c = (3, 4, 11, 10, 6, (3, 3), (2, 3), (1, 0), (2, 1), 2)
+    x, dy, wshape, ref = draw(c)
+    oh = dy.shape[2]
+    jobs = {}
+    for mode, budget in (("conv", None), ("gemm", None), ("gemm", TINY)):
+        n, out = jobs_run(lambda: lowp_dw(monkeypatch, mode, budget, c, x, dy, prec, backend))
+        jobs[(mode, budget)] = n
+        assert cosine(out[1], ref) >= (0.995 if prec == "int8" else COS_MIN)
+    if prec == "int8":
+        assert set(jobs.values()) == {1}, jobs
+    else:
+        assert jobs == {("conv", None): 1, ("gemm", None): 2, ("gemm", TINY): 2 * 3 * oh}, jobs
+
+
+@pytest.mark.skipif(not HAVE_QUEUE_STATS, reason="_C.default_queue_stats (queue binding) not built")
+def test_lowp_budget_counts_two_byte_elements(monkeypatch):
+    # a budget of 3 f32 rows holds 6 bf16 rows: 2*N*OH/6 chunks of G matmuls, not /3
+    c = (2, 4, 12, 12, 4, (3, 3), (1, 1), (1, 1), (1, 1), 1)   # N*OH = 24 rows
+    x, dy, wshape, ref = draw(c)
+    N, C, H, W, OC, K, s, p, d, G = c
+    three_f32_rows = str(3 * (C * 9 + OC) * dy.shape[3] * 4)
+    for prec, want in (("bf16", 24 // 6), ("fp16", 24 // 6), ("fp32", 24 // 3)):
+        n, out = jobs_run(lambda: lowp_dw(monkeypatch, "gemm", three_f32_rows, c, x, dy, prec,
+                                          BACKENDS[-1]))
+        assert n == want, (prec, n)
+        assert cosine(out[1], ref) >= COS_MIN
+
+
+@pytest.mark.skipif(not HAVE_QUEUE_STATS, reason="_C.default_queue_stats (queue binding) not built")
+@pytest.mark.parametrize("prec", LOWP)
+def test_lowp_auto_rule(monkeypatch, prec):
+    # the fp32 rule: gemm except on ref and for jobs under 32 KFLOP
+    big = (2, 16, 14, 14, 16, (3, 3), (1, 1), (1, 1), (1, 1), 1)
+    tiny = (2, 8, 3, 3, 8, (3, 3), (1, 1), (1, 1), (1, 1), 8)
+    for c, want_gemm in ((big, True), (tiny, False)):
+        x, dy, wshape, ref = draw(c)
+        for be in BACKENDS:
+            for mode in ("auto", ""):
+                n, out = jobs_run(lambda: lowp_dw(monkeypatch, mode, None, c, x, dy, prec, be))
+                gemm = want_gemm and be != "ref"
+                assert n == (c[9] if gemm else 1), (c, be, mode, n)
+                assert cosine(out[1], ref) >= COS_MIN
+
+
+@pytest.mark.parametrize("prec", LOWP)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lowp_full_backward_with_gemm(monkeypatch, backend, prec):
+    # dx, dw, db together (dw chunked while the dx conv job is in flight): dx and db
+    # are the same bits as with the conv formulation, dw within the rounding above,
+    # and no bf16/f16 matmul falls back to ref on a backend that lists it
+    c = (3, 4, 9, 8, 6, (3, 3), (2, 1), (1, 2), (1, 2), 2)
+    x, dy, wshape, ref32 = draw(c, seed=1)
+    N, C, H, W, OC, K, s, p, d, G = c
+    w = np.random.default_rng(3).standard_normal(wshape).astype(np.float32)
+    refq = rounded_ref(c, x, dy, prec)
+
+    def run(mode, budget):
+        monkeypatch.setenv("ET_CONV_DW", mode)
+        monkeypatch.setenv("ET_CONV_DW_BUDGET", budget or "16777216")
+        return _C.conv2d_backward_lowp(dy, x, w, s, p, d, G, True, True, True, prec, prec, 0, 0,
+                                       backend)
+
+    dx0, dw0, db0 = run("conv", None)
+    _C.reset_fallback_stats()
+    for budget in (None, TINY):
+        dx, dw, db = run("gemm", budget)
+        assert np.array_equal(dx, dx0) and np.array_equal(db, db0)
+        assert rel_err(dw, refq) <= TOL and rel_err(dw, dw0) <= 2 * TOL
+    assert not any("/matmul/" in k for k in _C.fallback_stats()), _C.fallback_stats()
+
+
+def test_lowp_bad_environment_is_a_clear_error(monkeypatch):
+    c = CASES[0]
+    x, dy, wshape, _ = draw(c)
+    monkeypatch.setenv("ET_CONV_DW", "fast")
+    with pytest.raises(ValueError, match=r"conv2d_backward_lowp: environment variable "
+                                         r"ET_CONV_DW must be .*got 'fast'"):
+        lowp_dw(monkeypatch, "fast", None, c, x, dy, "bf16", BACKENDS[-1])
+
+
+@pytest.mark.skipif(not HAVE_QUEUE_STATS, reason="_C.default_queue_stats (queue binding) not built")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lowp_gemm_from_saved_xq(monkeypatch, backend):
+    # int8-mixed: the bf16 dw pass from the forward's saved int8 x (x=None) runs the
+    # gemm formulation on the dequantized, then converted x: the same bits as from
+    # the dequantized x given directly
+    monkeypatch.setenv("ET_CONV_DW", "gemm")
+    monkeypatch.setenv("ET_CONV_DW_BUDGET", TINY)
+    c = (3, 4, 11, 10, 6, (3, 3), (2, 3), (1, 0), (2, 1), 2)
+    x, dy, wshape, ref = draw(c)
+    N, C, H, W, OC, K, s, p, d, G = c
+    w = np.random.default_rng(4).standard_normal(wshape).astype(np.float32)
+    _, xq, sx = _C.conv2d_forward_lowp(x, w, None, s, p, d, G, "int8", backend, return_xq=True)
+    n, (_, dwq, _) = jobs_run(lambda: _C.conv2d_backward_lowp(
+        dy, None, w, s, p, d, G, False, True, False, "int8", "bf16", 0, 0, backend,
+        x_q=xq, x_scale=sx))
+    assert n == G * N * dy.shape[2]   # gemm: a chunk per output row
+    xd = _C.dequantize(xq, sx)
+    dwd = _C.conv2d_backward_lowp(dy, xd, w, s, p, d, G, False, True, False, "int8", "bf16", 0, 0,
+                                  backend)[1]
+    assert np.array_equal(dwq, dwd)
+    assert cosine(dwq, ref) >= 0.995   # x carries its int8 rounding here

@@ -166,7 +166,7 @@ def test_linear_vs_torch(backend):
 
 @pytest.mark.skipif(not HAVE_QUEUE_STATS, reason="_C.default_queue_stats (queue binding) not built")
 def test_every_product_goes_through_the_queue(monkeypatch):
-    # dw as ONE conv job: the gemm formulation (ET_CONV_DW, csrc/ops/conv2d.c) submits
+    # dw as ONE conv job: the gemm formulation (ET_CONV_DW, csrc/ops/conv2d_dw.c) submits
     # groups x chunks matmul jobs instead; tests/test_conv_dw_gemm.py counts those
     monkeypatch.setenv("ET_CONV_DW", "conv")
     rng = np.random.default_rng(0)

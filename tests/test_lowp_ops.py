@@ -436,14 +436,14 @@ def test_int8_weight_grad_reduction_beyond_int32_is_exact():
         np.testing.assert_allclose(dwl, np.full((3, 2), M, np.float32), rtol=1e-5, err_msg=backend)
 
 
+@pytest.mark.parametrize("dw_mode", ["auto", "conv", "gemm"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fp32_precision_matches_fp32_ops(backend, monkeypatch):
+def test_fp32_precision_matches_fp32_ops(backend, dw_mode, monkeypatch):
     """precision 'fp32' runs the same primitives on the same operands as the
-    fp32 ops: results equal conv2d_forward / conv2d_backward / linear_* bit for bit."""
-    # the lowp path computes dw as the conv formulation only; the fp32 ops may
-    # pick im2col + matmul (ET_CONV_DW, csrc/ops/conv2d.c), a different summation
-    # order: pin the fp32 ops to the same formulation for the bitwise comparison
-    monkeypatch.setenv("ET_CONV_DW", "conv")
+    fp32 ops: results equal conv2d_forward / conv2d_backward / linear_* bit for bit.
+    The weight gradient too, in each formulation (ET_CONV_DW): both paths make
+    the same choice with the same chunks (csrc/ops/conv2d_dw.c)."""
+    monkeypatch.setenv("ET_CONV_DW", dw_mode)
     for i, c in enumerate(CONV_CONFIGS[:8]):
         x, w, b = _conv_data(c, 900 + i)
         geo = (c["s"], c["p"], c["d"], c["G"])

@@ -62,7 +62,7 @@ CONV = dict(N=2, C=4, H=9, W=9, OC=6, K=3, stride=2, pad=1, groups=2)
 
 @pytest.mark.parametrize("prec", ["fp32", "int8"])
 def test_conv2d_jobs_labels_flops(prec, monkeypatch):
-    # fp32 dw as ONE conv job: the gemm formulation (ET_CONV_DW, csrc/ops/conv2d.c) splits
+    # fp32 dw as ONE conv job: the gemm formulation (ET_CONV_DW, csrc/ops/conv2d_dw.c) splits
     # it into groups x chunks matmul jobs (tests/test_conv_dw_gemm.py checks their FLOPs)
     monkeypatch.setenv("ET_CONV_DW", "conv")
     c = CONV

@@ -4,32 +4,15 @@
  *   conv : the forward conv of rearranged operands described in conv2d.h
  *          (dw_plan below): one conv2d job whose "kernel" is the dy map.
  *   gemm : im2col + the backend's MATMUL primitive, chunked over the output
- *          rows under a memory budget (dw_gemm below): per group
- *          dw_g (OCg, Kg) = dy_g (OCg, P) . cols_g (Kg, P)^T.
- * Environment (read at every call, so tests and A/B runs switch in-process):
- *   ET_CONV_DW=conv|gemm|auto   (unset / empty = auto)
- *   ET_CONV_DW_BUDGET=<bytes>   per-chunk buffers of the gemm formulation,
- *                               default 16 MiB (why: see dw_gemm)
- * Any other ET_CONV_DW value is an ET_ERR_VALUE naming the variable.
- * auto: gemm on every backend except ref, unless one matmul job (a chunk of
- * one group) would be below 32 KFLOP; conv otherwise. Measured 2026-11-23,
- * resnet18 224 batch 32 shapes, 2 threads, alternating A/B in one process on
- * the shared 2-core machine (two runs): the dw passes of one step take onednn
- * 4.5-4.6 s (conv) vs 2.4 s (gemm), blas 6.1 s vs 2.5-2.6 s; per layer gemm
- * wins 1.3-8.7x (1x1 stride-2 downsamples most) except 256->512 s2 on 14x14
- * and 512 ch on 7x7 (0.88-1.18x, about even). The whole fp32 step on onednn:
- * 11.3 s -> 8.7 s. Depthwise 3x3 on 7x7 (512 groups: 2 KFLOP jobs) loses
- * 3.5x with gemm, hence the job-size floor; on 56x56 (58 KFLOP jobs) it wins
- * 2.8x. Script: benchmarks/bench_conv_dw.py; figures in
- * benchmarks/results/conv_dw_ab.md.
- * ref also gains (1.0-4.2x) but keeps conv: it is the oracle the other
- * backends are tested against, so its dw stays independent of this code.
+ *          rows under a memory budget: conv2d_dw.c, shared with the bf16 /
+ *          fp16 passes of conv2d_lowp.c. Chosen per call by ET_CONV_DW and
+ *          its auto rule (conv2d_dw.h; measurements in conv2d_dw.c).
  */
 #include "conv2d.h"
+#include "conv2d_dw.h"
 #include "offload.h"
 #include "prep.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,258 +277,6 @@ static void dw_plan_finish(const dw_plan *pl, et_tensor *dw)
                            dw->shape[2], dw->shape[3], pl->args.y.shape[2], pl->args.y.shape[3]);
 }
 
-/* ---- backward-weight as im2col + matmul (ET_CONV_DW=gemm) -------------------
- *
- * The same dw as the conv formulation above, as matrix products instead of a
- * conv whose "kernel" is the whole dy map (oneDNN's conv kernels are tuned
- * for small kernels and large outputs, not a 56x56 "kernel" producing 3x3:
- * benchmarks/README.md). With P = N*OH*OW output positions, Kg = Cg*KH*KW:
- *   dw_g (OCg, Kg) = dy_g (OCg, P) . cols_g (Kg, P)^T        per group g,
- * dy_g the channel-major dy rows g*OCg.., cols_g = im2col(x) rows g*Kg..;
- * dw (OC, Cg, KH, KW) is exactly the G blocks (OCg, Kg) stacked, so the
- * matmuls write dw in place, no transpose. The matmul is the backend's
- * forward MATMUL primitive (a = dy_g, b = cols_g with trans_b: both operands
- * have the reduction P as their contiguous dim), so the contract holds.
- *
- * Bounded memory: the P positions are cut into chunks of R output rows
- * ((n, oh) pairs, prep.h), each chunk's cols (C*KH*KW, R*OW) and channel-major
- * dy (OC, R*OW) together within the budget (ET_CONV_DW_BUDGET, default
- * 16 MiB). Why 16 MiB: the chunk is written by im2col and read right away by
- * the matmul, so it should stay in the last-level cache (32 MiB L3 on the
- * 2-core test machine, shared). Measured on onednn, resnet18 b32 shapes,
- * 2 threads: 64 MiB is 30-45% slower on the 56x56 / 14x14 layers (128 MiB 70%);
- * 8-32 MiB are equal within noise; 2 MiB loses ~15% on 512ch 7x7 (short
- * reductions and many CPU adds of the (512, 4608) partial). With 16 MiB the
- * largest layer (64 ch 3x3 on 56x56: 231 MiB of cols for the whole batch)
- * still reduces over ~6000 positions per product. At least one output row
- * per chunk: only a row larger than the budget exceeds it.
- * Chunk 0 writes dw, later chunks a partial buffer (dw's size) that the CPU
- * adds into dw in fp32. Chunks run one after the other (the CPU builds chunk
- * k+1 after chunk k's products: on a CPU backend both would share the cores).
- */
-
-#define ET_DW_BUDGET_DEFAULT ((int64_t)16 << 20)
-
-typedef struct dw_gemm {
-    const et_backend *be;
-    const float *x, *dy;
-    float *dw;
-    int64_t N, C, H, W, OC, KH, KW, OH, OW, G, OCg, Kg;
-    int64_t stride[2], dilation[2], pad_lo[2];
-    int64_t rows, R, nchunks;   // N*OH output rows, R rows per chunk
-    float *cols;       // (C*KH*KW, R*OW) this chunk's im2col
-    float *dyt;        // (OC, R*OW) this chunk's channel-major dy
-    const float *dya;  // dyt, or dy itself when the chunk is one whole image
-    float *part;       // (OC, Kg) products of chunks >= 1; NULL with one chunk
-    uint64_t *tickets; // (G) of the chunk in flight
-    int64_t nsub;      // tickets submitted and not yet waited
-} dw_gemm;
-
-static void dwg_free(dw_gemm *g)
-{
-    et_aligned_free(g->cols);
-    et_aligned_free(g->dyt);
-    et_aligned_free(g->part);
-    et_aligned_free(g->tickets);
-    g->cols = g->dyt = g->part = NULL;
-    g->tickets = NULL;
-}
-
-/* ET_CONV_DW_BUDGET: bytes of the per-chunk buffers (a positive integer),
- * default 16 MiB; a tiny value forces chunking (tests). */
-static et_status dw_budget(const char *op, int64_t *bytes)
-{
-    const char *e = getenv("ET_CONV_DW_BUDGET");
-    *bytes = ET_DW_BUDGET_DEFAULT;
-    if (!e || !*e) return ET_OK;
-    char *end = NULL;
-    errno = 0;
-    const long long v = strtoll(e, &end, 10);
-    if (errno || end == e || *end || v <= 0)
-        return et_error(ET_ERR_VALUE, "%s: environment variable ET_CONV_DW_BUDGET must be a "
-                        "positive number of bytes, got '%.64s'", op, e);
-    *bytes = v;
-    return ET_OK;
-}
-
-/* Output rows per chunk R and chunk count: as many rows as the budget holds
- * (cols + channel-major dy of one row: (C*KH*KW + OC)*OW floats), at least
- * one, then evened out over the chunks. x (N, C, H, W), dw (OC, Cg, KH, KW),
- * dy (N, OC, OH, OW). */
-static void dw_chunking(int64_t budget, const et_tensor *x, const et_tensor *dw,
-                        const et_tensor *dy, int64_t *R, int64_t *nchunks)
-{
-    const int64_t rows = x->shape[0] * dy->shape[2];
-    const int64_t row_bytes = (x->shape[1] * dw->shape[2] * dw->shape[3] + dw->shape[0]) *
-                              dy->shape[3] * (int64_t)sizeof(float);
-    int64_t r = budget / row_bytes;
-    if (r < 1) r = 1;
-    if (r > rows) r = rows;
-    *nchunks = (rows + r - 1) / r;
-    *R = (rows + *nchunks - 1) / *nchunks;
-}
-
-/* ET_CONV_DW: "conv" / "gemm" / "auto" (unset or empty = auto). *gemm = 1
- * for the im2col + matmul formulation. Read at every call (a getenv: cheap
- * next to any conv) so tests and A/B runs can switch it in one process.
- * The auto rule (measured, see the file's top comment): gemm on every
- * backend but ref, unless the average matmul job is tiny. */
-static et_status dw_pick(const char *op, const et_backend *be, const et_tensor *x,
-                         const et_tensor *dw, const et_tensor *dy, int64_t budget, int *gemm)
-{
-    const char *e = getenv("ET_CONV_DW");
-    if (e && strcmp(e, "gemm") == 0) { *gemm = 1; return ET_OK; }
-    if (e && strcmp(e, "conv") == 0) { *gemm = 0; return ET_OK; }
-    if (e && *e && strcmp(e, "auto") != 0)
-        return et_error(ET_ERR_VALUE, "%s: environment variable ET_CONV_DW must be 'conv', "
-                        "'gemm' or 'auto', got '%.64s'", op, e);
-    if (strcmp(be->name, "ref") == 0) { *gemm = 0; return ET_OK; }
-    /* one job per (chunk, group): 2*OCg*Kg*R*OW FLOPs; below 32 KFLOP (depthwise
-     * on small maps: 512 groups on 7x7 make 14 chunks x 512 products of 2 KFLOP)
-     * the per-job queue and primitive overhead outweighs the conv */
-    int64_t R, nchunks;
-    dw_chunking(budget, x, dw, dy, &R, &nchunks);
-    const int64_t G = x->shape[1] / dw->shape[1];
-    const double job = 2.0 * (double)(dw->shape[0] / G) *
-                       (double)(dw->shape[1] * dw->shape[2] * dw->shape[3]) *
-                       (double)(R * dy->shape[3]);
-    *gemm = job >= 32768.0;
-    return ET_OK;
-}
-
-/* rows [r0, r0 + len) of chunk k */
-static void dwg_chunk(const dw_gemm *g, int64_t k, int64_t *r0, int64_t *len)
-{
-    *r0 = k * g->R;
-    *len = g->rows - *r0 < g->R ? g->rows - *r0 : g->R;
-}
-
-static et_status dwg_prep(const char *op, dw_gemm *g, int64_t k)
-{
-    int64_t r0, len;
-    dwg_chunk(g, k, &r0, &len);
-    ET_TRY(et_prep_im2col_rows(op, g->x, g->cols, sizeof(float), g->N, g->C, g->H, g->W, g->KH,
-                               g->KW, g->stride, g->pad_lo, g->dilation, g->OH, g->OW, r0, len));
-    if (r0 % g->OH == 0 && len == g->OH) {
-        /* one whole image: its dy (OC, OH*OW) already is the channel-major chunk */
-        g->dya = g->dy + (r0 / g->OH) * g->OC * g->OH * g->OW;
-        return ET_OK;
-    }
-    g->dya = g->dyt;
-    return et_prep_rows_gather(op, g->dy, g->dyt, sizeof(float), g->N, g->OC, g->OH, g->OW, r0,
-                               len);
-}
-
-static et_status dwg_make(const char *op, const et_backend *be, const et_tensor *dy,
-                          const et_tensor *x, const et_conv2d_params *p, et_tensor *dw,
-                          int64_t budget, dw_gemm *g)
-{
-    memset(g, 0, sizeof *g);
-    g->be = be;
-    g->x = x->data;
-    g->dy = dy->data;
-    g->dw = dw->data;
-    g->N = x->shape[0], g->C = x->shape[1], g->H = x->shape[2], g->W = x->shape[3];
-    g->OC = dw->shape[0], g->KH = dw->shape[2], g->KW = dw->shape[3];
-    g->OH = dy->shape[2], g->OW = dy->shape[3];
-    g->G = p->groups, g->OCg = g->OC / g->G, g->Kg = dw->shape[1] * g->KH * g->KW;
-    for (int i = 0; i < 2; i++) {
-        g->stride[i] = p->stride[i];
-        g->dilation[i] = p->dilation[i];
-        g->pad_lo[i] = p->padding[i];   /* pad_hi shows only in OH, OW */
-    }
-    g->rows = g->N * g->OH;
-    dw_chunking(budget, x, dw, dy, &g->R, &g->nchunks);
-    const size_t ncol = (size_t)(g->R * g->OW);
-    g->cols = et_aligned_alloc((size_t)(g->C * g->KH * g->KW) * ncol * sizeof(float));
-    g->dyt = et_aligned_alloc((size_t)g->OC * ncol * sizeof(float));
-    g->tickets = et_aligned_alloc((size_t)g->G * sizeof(uint64_t));
-    if (g->nchunks > 1) g->part = et_aligned_alloc((size_t)(g->OC * g->Kg) * sizeof(float));
-    if (!g->cols || !g->dyt || !g->tickets || (g->nchunks > 1 && !g->part)) {
-        dwg_free(g);
-        return et_error(ET_ERR_NOMEM, "%s: cannot allocate the im2col chunk (%lld x %lld floats) "
-                        "and grad_output chunk (%lld x %lld floats)", op,
-                        (long long)(g->C * g->KH * g->KW), (long long)ncol, (long long)g->OC,
-                        (long long)ncol);
-    }
-    et_status st = dwg_prep(op, g, 0);
-    if (st != ET_OK) dwg_free(g);
-    return st;
-}
-
-/* The G matmuls of chunk k (prepared), into dw (k = 0) or part. */
-static et_status dwg_submit(const char *op, dw_gemm *g, et_queue *q, int64_t k)
-{
-    int64_t r0, len;
-    dwg_chunk(g, k, &r0, &len);
-    const int64_t P = len * g->OW;
-    float *out = k == 0 ? g->dw : g->part;
-    /* each product's useful FLOPs: the pass's 2*N*OC*OH*OW*Kg split over chunks and groups */
-    const int64_t flops = 2 * g->OCg * g->Kg * P;
-    for (int64_t gi = 0; gi < g->G; gi++) {
-        et_matmul_args m;
-        memset(&m, 0, sizeof m);
-        m.backend = g->be;
-        int64_t as[2] = {g->OCg, P}, bs[2] = {g->Kg, P}, ys[2] = {g->OCg, g->Kg};
-        ET_TRY(et_tensor_view(&m.a, (void *)(g->dya + gi * g->OCg * P), ET_F32, 2, as));
-        ET_TRY(et_tensor_view(&m.b, g->cols + gi * g->Kg * P, ET_F32, 2, bs));
-        ET_TRY(et_tensor_view(&m.y, out + gi * g->OCg * g->Kg, ET_F32, 2, ys));
-        m.trans_b = 1;   // y (OCg, Kg) = a (OCg, P) . b (Kg, P)^T
-        ET_TRY(et_matmul_check(op, &m));
-        ET_TRY(et_submit_matmul(q, "conv2d.bwd_weight", flops, &m, &g->tickets[g->nsub]));
-        g->nsub++;
-    }
-    return ET_OK;
-}
-
-/* Waits for every submitted ticket; the first failure's status and message. */
-static et_status dwg_wait(dw_gemm *g, et_queue *q)
-{
-    char msg[ET_ERRMSG_MAX] = "";
-    et_status first = ET_OK;
-    for (int64_t i = 0; i < g->nsub; i++) {
-        const et_status st = et_queue_wait(q, g->tickets[i]);
-        if (st != ET_OK && first == ET_OK) {
-            first = st;
-            snprintf(msg, sizeof msg, "%s", et_error_message());
-        }
-    }
-    g->nsub = 0;
-    if (first != ET_OK) et_error_set_message(msg);
-    return first;
-}
-
-/* dw (OC*Kg) += part, in fp32 */
-static void dwg_add(dw_gemm *g)
-{
-    const int64_t n = g->OC * g->Kg;
-    float *d = g->dw;
-    const float *s = g->part;
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) d[i] += s[i];
-}
-
-/* After chunk 0's submit: wait for it, then prepare, run and add every
- * later chunk in turn. Every submitted ticket is waited before returning. */
-static et_status dwg_rest(const char *op, dw_gemm *g, et_queue *q)
-{
-    ET_TRY(dwg_wait(g, q));
-    for (int64_t k = 1; k < g->nchunks; k++) {
-        ET_TRY(dwg_prep(op, g, k));
-        et_status st = dwg_submit(op, g, q, k);
-        if (st != ET_OK) {
-            char msg[ET_ERRMSG_MAX];
-            snprintf(msg, sizeof msg, "%s", et_error_message());
-            (void)dwg_wait(g, q);
-            et_error_set_message(msg);
-            return st;
-        }
-        ET_TRY(dwg_wait(g, q));
-        dwg_add(g);
-    }
-    return ET_OK;
-}
-
 static void bias_grad(const et_tensor *dy, et_tensor *db)
 {
     const int64_t N = dy->shape[0], OC = dy->shape[1], OHW = dy->shape[2] * dy->shape[3];
@@ -625,18 +356,18 @@ static et_status conv2d_backward(const char *op, const et_backend *be, const et_
     int gemm = 0;   /* dw as im2col + matmul chunks (ET_CONV_DW) */
     int64_t budget = 0;
     if (dw) {
-        ET_TRY(dw_budget(op, &budget));
-        ET_TRY(dw_pick(op, be, x, dw, dy, budget, &gemm));
+        ET_TRY(et_dw_budget(op, &budget));
+        ET_TRY(et_dw_pick(op, be, x, dw, dy, sizeof(float), budget, &gemm));
     }
     dx_plan px;
     dw_plan pw;
-    dw_gemm pg;
+    et_dw_gemm pg;
     memset(&px, 0, sizeof px);
     memset(&pw, 0, sizeof pw);
     memset(&pg, 0, sizeof pg);
     if (dx) ET_TRY(dx_plan_make(op, be, dy, w, p, dx, &px));
     if (dw) {
-        et_status st = gemm ? dwg_make(op, be, dy, x, p, dw, budget, &pg)   /* chunk 0 prepared */
+        et_status st = gemm ? et_dw_gemm_make(op, be, dy, x, p, dw, budget, &pg)   /* chunk 0 prepared */
                             : dw_plan_make(op, be, dy, x, p, dw, &pw);
         if (st != ET_OK) { dx_plan_free(&px); return st; }
     }
@@ -649,7 +380,7 @@ static et_status conv2d_backward(const char *op, const et_backend *be, const et_
                                                dy->shape[3], w->shape[1], w->shape[2],
                                                w->shape[3]);
     if (dx) sx = et_submit_conv2d(q, "conv2d.bwd_data", flops, &px.args, &tx);
-    if (dw) sw = gemm ? dwg_submit(op, &pg, q, 0)
+    if (dw) sw = gemm ? et_dw_gemm_start(op, &pg, q)
                       : et_submit_conv2d(q, "conv2d.bwd_weight", flops, &pw.args, &tw);
     if (db) bias_grad(dy, db);
     /* wait for every submitted ticket before freeing the buffers they read */
@@ -660,14 +391,7 @@ static et_status conv2d_backward(const char *op, const et_backend *be, const et_
         if (sx != ET_OK) { first = sx; snprintf(msg, sizeof msg, "%s", et_error_message()); }
     }
     if (dw && gemm) {
-        /* a failed submit of chunk 0 still waits what it queued */
-        if (sw == ET_OK) sw = dwg_rest(op, &pg, q);
-        else {
-            char m2[ET_ERRMSG_MAX];
-            snprintf(m2, sizeof m2, "%s", et_error_message());
-            (void)dwg_wait(&pg, q);
-            et_error_set_message(m2);
-        }
+        sw = et_dw_gemm_finish(op, &pg, q, sw);   /* waits chunk 0 even when it failed */
         if (sw != ET_OK && first == ET_OK) { first = sw; snprintf(msg, sizeof msg, "%s", et_error_message()); }
     } else if (dw) {
         if (sw == ET_OK) sw = et_queue_wait(q, tw);
@@ -676,7 +400,7 @@ static et_status conv2d_backward(const char *op, const et_backend *be, const et_
     }
     dx_plan_free(&px);
     dw_plan_free(&pw);
-    dwg_free(&pg);
+    et_dw_gemm_free(&pg);
     if (first != ET_OK) et_error_set_message(msg);
     return first;
 }

@@ -10,7 +10,8 @@
  *   db = sum of dy over N, OH, OW               (CPU, while the jobs run)
  * dw has a second formulation, im2col + matmul (groups x chunks matmul jobs,
  * im2col chunks bounded in memory), chosen per call by ET_CONV_DW=conv|gemm|auto
- * (auto: gemm except on ref and for tiny jobs): see conv2d.c.
+ * (auto: gemm except on ref and for tiny jobs): see conv2d_dw.h, shared with
+ * the bf16 / fp16 weight gradients of conv2d_lowp.h.
  * No backward primitive anywhere: an inference engine has none.
  *
  * Shapes: x (N, C, H, W), w (OC, C/G, KH, KW), b (OC), y/dy (N, OC, OH, OW);

@@ -9,6 +9,7 @@
 #include "../quant/convert.h"
 #include "../quant/quantize.h"
 #include "../quant/wcache.h"
+#include "conv2d_dw.h"
 #include "offload.h"
 #include "prep.h"
 
@@ -322,6 +323,9 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
     int64_t nb = N, nch = 0, nout = 0;
     float *dwf = NULL;               // (C/G, OC, KHo, KWo) f32 (int8: dequantized)
     float dw_scale = 1.0f;
+    int gemm = 0;                    // dw as im2col + matmul chunks (conv2d_dw.h), not int8
+    et_dw_gemm pg;                   // its chunk buffers
+    memset(&pg, 0, sizeof pg);
     et_prep_dw_geom gw;
 
     if (dx) {
@@ -455,50 +459,70 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
                     et_lowp_convert(dy->data, ndy, pr, b));
             dyo = b;
         }
-        const size_t xes = esz_of(xdt), des = esz_of(ddt);
-        /* int8: the s32 sum over N*OH*OW products of |x_q * dy_q| <= qmax*127
-         * must stay below 2^31, so the batch is split in chunks whose s32
-         * results are added in int64 on the CPU (one job per chunk). */
-        nb = N;
-        if (pr == ET_PREC_INT8) {
-            const int64_t qx = xdt == ET_U8 ? 255 : 127;
-            const int64_t lim = (int64_t)2147483647 / (qx * 127);
-            nb = lim / (OH * OW);
-            if (nb < 1) nb = 1;   /* a single image above the limit: not split further */
-            if (nb > N) nb = N;
+        /* bf16 / fp16 / fp32: im2col + matmul chunks of the converted operands
+         * when ET_CONV_DW (and its auto rule) says so, as the fp32 op does
+         * (conv2d_dw.h): dw (OC, Cg, KH, KW) f32 written in place, chunks
+         * summed in f32. int8 keeps the conv formulation below (its int8 conv
+         * already runs at the forward conv's rate) and ignores ET_CONV_DW. */
+        if (pr != ET_PREC_INT8) {
+            int64_t budget;
+            LP_TRY(et_dw_budget(op, &budget));
+            LP_TRY(et_dw_pick(op, be, x, dw, dy, esz_of(ddt), budget, &gemm));
+            if (gemm) {
+                et_tensor xv, dv;   // x (N, C, H, W), dy (N, OC, OH, OW) in the pass's dtype
+                LP_TRY(et_tensor_view(&xv, (void *)xo, xdt, 4, x->shape));
+                LP_TRY(et_tensor_view(&dv, (void *)dyo, ddt, 4, dy->shape));
+                LP_TRY(et_dw_gemm_make(op, be, &dv, &xv, p, dw, budget, &pg));   /* chunk 0 ready */
+            }
         }
-        nch = (N + nb - 1) / nb;
-        void *xb, *db_;   // x' chunks (Cg, G*nb_k, H, W), dy' chunks (OC, nb_k, OH, OW), back to back
-        LP_ALLOC(xb, nx * xes, "the transposed input");
-        LP_ALLOC(db_, ndy * des, "the transposed grad_output");
-        LP_ALLOC(aws, nch * sizeof(et_conv2d_args), "the weight-gradient jobs");
-        LP_ALLOC(tws, nch * sizeof(uint64_t), "the weight-gradient tickets");
-        nout = Cg * OC * gw.ko[0] * gw.ko[1];
-        const int64_t os[4] = {Cg, OC, gw.ko[0], gw.ko[1]};
-        LP_ALLOC(dwf, nout * sizeof(float), "the weight-gradient buffer");
-        if (pr == ET_PREC_INT8) {
-            LP_ALLOC(dwout, nch * nout * sizeof(int32_t), "the int32 weight-gradient accumulators");
-            dw_scale = sx * sdy;   /* rounded to float32 once, as the epilogue */
-        }
-        for (int64_t k = 0; k < nch; k++) {
-            const int64_t n0 = k * nb, nk = (n0 + nb <= N ? nb : N - n0);
-            char *xk = (char *)xb + (size_t)(n0 * C * H * W) * xes;
-            char *dk = (char *)db_ + (size_t)(n0 * OC * OH * OW) * des;
-            et_prep_group_swap((const char *)xo + (size_t)(n0 * C * H * W) * xes, xk, xes, nk, C,
-                               H * W, G);
-            et_prep_group_swap((const char *)dyo + (size_t)(n0 * OC * OH * OW) * des, dk, des, nk,
-                               OC, OH * OW, 1);
-            et_conv2d_args *a = &aws[k];
-            *a = aw;
-            const int64_t xs[4] = {Cg, G * nk, H, W};   // x' (C/G, G*nk, H, W)
-            const int64_t ds[4] = {OC, nk, OH, OW};     // dy' (OC, nk, OH, OW)
-            LP_TRY(et_tensor_view(&a->x, xk, xdt, 4, xs));
-            LP_TRY(et_tensor_view(&a->w, dk, ddt, 4, ds));
-            if (pr == ET_PREC_INT8)
-                LP_TRY(et_tensor_view(&a->y, (int32_t *)dwout + k * nout, ET_S32, 4, os));
-            else
-                LP_TRY(et_tensor_view(&a->y, dwf, ET_F32, 4, os));
-            LP_TRY(et_conv2d_check(op, a));
+        if (!gemm) {   /* conv formulation: x', dy' group-swapped, one job per batch chunk */
+            const size_t xes = esz_of(xdt), des = esz_of(ddt);
+            /* int8: the s32 sum over N*OH*OW products of |x_q * dy_q| <= qmax*127
+             * must stay below 2^31, so the batch is split in chunks whose s32
+             * results are added in int64 on the CPU (one job per chunk). */
+            nb = N;
+            if (pr == ET_PREC_INT8) {
+                const int64_t qx = xdt == ET_U8 ? 255 : 127;
+                const int64_t lim = (int64_t)2147483647 / (qx * 127);
+                nb = lim / (OH * OW);
+                if (nb < 1) nb = 1;   /* a single image above the limit: not split further */
+                if (nb > N) nb = N;
+            }
+            nch = (N + nb - 1) / nb;
+            void *xb, *db_;   // x' chunks (Cg, G*nb_k, H, W), dy' chunks (OC, nb_k, OH, OW),
+                              // back to back
+            LP_ALLOC(xb, nx * xes, "the transposed input");
+            LP_ALLOC(db_, ndy * des, "the transposed grad_output");
+            LP_ALLOC(aws, nch * sizeof(et_conv2d_args), "the weight-gradient jobs");
+            LP_ALLOC(tws, nch * sizeof(uint64_t), "the weight-gradient tickets");
+            nout = Cg * OC * gw.ko[0] * gw.ko[1];
+            const int64_t os[4] = {Cg, OC, gw.ko[0], gw.ko[1]};
+            LP_ALLOC(dwf, nout * sizeof(float), "the weight-gradient buffer");
+            if (pr == ET_PREC_INT8) {
+                LP_ALLOC(dwout, nch * nout * sizeof(int32_t),
+                         "the int32 weight-gradient accumulators");
+                dw_scale = sx * sdy;   /* rounded to float32 once, as the epilogue */
+            }
+            for (int64_t k = 0; k < nch; k++) {
+                const int64_t n0 = k * nb, nk = (n0 + nb <= N ? nb : N - n0);
+                char *xk = (char *)xb + (size_t)(n0 * C * H * W) * xes;
+                char *dk = (char *)db_ + (size_t)(n0 * OC * OH * OW) * des;
+                et_prep_group_swap((const char *)xo + (size_t)(n0 * C * H * W) * xes, xk, xes,
+                                   nk, C, H * W, G);
+                et_prep_group_swap((const char *)dyo + (size_t)(n0 * OC * OH * OW) * des, dk,
+                                   des, nk, OC, OH * OW, 1);
+                et_conv2d_args *a = &aws[k];
+                *a = aw;
+                const int64_t xs[4] = {Cg, G * nk, H, W};   // x' (C/G, G*nk, H, W)
+                const int64_t ds[4] = {OC, nk, OH, OW};     // dy' (OC, nk, OH, OW)
+                LP_TRY(et_tensor_view(&a->x, xk, xdt, 4, xs));
+                LP_TRY(et_tensor_view(&a->w, dk, ddt, 4, ds));
+                if (pr == ET_PREC_INT8)
+                    LP_TRY(et_tensor_view(&a->y, (int32_t *)dwout + k * nout, ET_S32, 4, os));
+                else
+                    LP_TRY(et_tensor_view(&a->y, dwf, ET_F32, 4, os));
+                LP_TRY(et_conv2d_check(op, a));
+            }
         }
     }
 
@@ -523,6 +547,7 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
                                       &aws[nsub], &tws[nsub]);
                 if (s2 != ET_OK) break;
             }
+        if (dw && gemm) s2 = et_dw_gemm_start(op, &pg, q);   /* chunk 0's G matmuls */
         if (db) bias_grad(dy, db);   /* on the CPU while the jobs run */
         /* wait for every submitted ticket before freeing the buffers they read */
         char msg[ET_ERRMSG_MAX] = "";
@@ -530,7 +555,10 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
             if (s1 == ET_OK) s1 = et_queue_wait(q, tx);
             if (s1 != ET_OK) { st = s1; snprintf(msg, sizeof msg, "%s", et_error_message()); }
         }
-        if (dw) {
+        if (dw && gemm) {   /* the later chunks, one after the other */
+            s2 = et_dw_gemm_finish(op, &pg, q, s2);   /* waits chunk 0 even when it failed */
+            if (s2 != ET_OK && st == ET_OK) { st = s2; snprintf(msg, sizeof msg, "%s", et_error_message()); }
+        } else if (dw) {
             if (s2 != ET_OK && st == ET_OK) { st = s2; snprintf(msg, sizeof msg, "%s", et_error_message()); }
             for (int64_t k = 0; k < nsub; k++) {
                 et_status sk = et_queue_wait(q, tws[k]);
@@ -542,7 +570,7 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
     if (dx && o->prec_dx == ET_PREC_INT8)   /* dx = acc * (sdy * swt[c]) */
         LP_PROF("dequantize.grad_input", "int8", nx * 8,
                 et_dequantize_acc_nchw(accx, N, C, H * W, sdy, swt, NULL, dx->data));
-    if (dw) {
+    if (dw && !gemm) {   /* gemm wrote dw in place */
         if (o->prec_dw == ET_PREC_INT8 && nch == 1)   /* dw' = acc * (sx * sdy) */
             LP_PROF("dequantize.grad_weight", "int8", nout * 8,
                     et_dequantize_s32(dwout, 1, nout, &dw_scale, 0, dwf));
@@ -557,6 +585,7 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
         et_prep_crop_transpose(dwf, dw->data, sizeof(float), OC, Cg, KH, KW, gw.ko[0], gw.ko[1]);
     }
 done:
+    et_dw_gemm_free(&pg);
     et_lowp_free(&bufs);
     return st;
 }

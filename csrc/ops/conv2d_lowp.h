@@ -19,6 +19,12 @@
  *                   per-tensor (or the caller's saved x_q / x_scale);
  *                   dw = acc * (sx * sdy), cropped/transposed
  *   db is always the f32 sum of dy (CPU).
+ * Backward-weight formulation: int8 always runs the conv above. fp32 / bf16 /
+ * fp16 take the same choice as the fp32 op (ET_CONV_DW=conv|gemm|auto, auto =
+ * gemm except on ref and for tiny jobs, conv2d_dw.h): gemm = im2col of the
+ * converted x and row gather of the converted dy (2-byte elements), the
+ * backend's bf16/f16 x bf16/f16 -> f32 matmul per (chunk, group), chunks
+ * summed in f32, dw written in place (no crop/transpose).
  * Shapes as conv2d.h: x (N, C, H, W), w (OC, C/G, KH, KW), y/dy (N, OC, OH, OW).
  * s32 accumulators: a reduction of K products of |u8*s8| <= 255*127 stays
  * exact while K <= 66311 (s8*s8: 133144). The int8 dw pass reduces over
