@@ -74,12 +74,17 @@ def draw(c, seed=0):
     return x, dy, wshape, ref
 
 
-def dw_of(monkeypatch, mode, budget, c, x, dy, wshape, backend):
+def set_dw_env(monkeypatch, mode, budget):
+    """ET_CONV_DW = mode; ET_CONV_DW_BUDGET = budget (None: unset, the default)."""
     monkeypatch.setenv("ET_CONV_DW", mode)
     if budget is None:
         monkeypatch.delenv("ET_CONV_DW_BUDGET", raising=False)
     else:
         monkeypatch.setenv("ET_CONV_DW_BUDGET", budget)
+
+
+def dw_of(monkeypatch, mode, budget, c, x, dy, wshape, backend):
+    set_dw_env(monkeypatch, mode, budget)
     _, _, _, _, _, _, s, p, d, G = c
     return _C.conv2d_backward_weight(dy, x, wshape, s, p, d, G, backend)
 
@@ -233,11 +238,7 @@ COS_MIN = 0.9999
 
 
 def lowp_dw(monkeypatch, mode, budget, c, x, dy, prec, backend, dx=False, db=False):
-    monkeypatch.setenv("ET_CONV_DW", mode)
-    if budget is None:
-        monkeypatch.delenv("ET_CONV_DW_BUDGET", raising=False)
-    else:
-        monkeypatch.setenv("ET_CONV_DW_BUDGET", budget)
+    set_dw_env(monkeypatch, mode, budget)
     N, C, H, W, OC, K, s, p, d, G = c
     w = np.zeros((OC, C // G) + K, np.float32)   # read for dx only
     return _C.conv2d_backward_lowp(dy, x, w, s, p, d, G, dx, True, db, prec, prec, 0, 0, backend)
