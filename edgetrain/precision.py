@@ -22,8 +22,12 @@ Only conv2d / linear products change: master weights, BatchNorm and optimizer
 state stay fp32 whatever the policy. A Conv2d / Linear layer uses its own
 policy (module.set_precision) if it has one, else the innermost
 `et.precision(...)` context of the calling thread (scopes are per thread, as
-PyTorch's autocast and no_grad), else the process-wide default. Saved activations
-of an int8 forward are kept quantized (1 byte per element instead of 4).
+PyTorch's autocast and no_grad), else the process-wide default. Activations
+(conv2d / linear inputs) are saved for backward at the forward's precision:
+an int8 forward keeps them quantized (1 byte per element instead of 4), a
+bf16 / fp16 forward keeps their 16-bit values (2 bytes), which are exactly
+what its product consumed; a backward-weight pass at another precision widens
+them to fp32 first (as PyTorch's autocast, which saves the cast inputs).
 
 int8 ranges: weights per output channel in [-127, 127]; activations and
 gradients per tensor in 7 bits by default -- u8 [0, 127] for non-negative
@@ -219,8 +223,8 @@ class _SavedToken:
 
 def saved_activation_bytes():
     """Bytes of activations (conv2d / linear inputs) currently saved for backward
-    by live autograd nodes: fp32 inputs at 4 bytes per element, int8-forward
-    inputs kept quantized at 1 byte per element."""
+    by live autograd nodes, at the forward's precision: fp32 inputs at 4 bytes per
+    element, bf16 / fp16 at 2, int8 (kept quantized) at 1."""
     return _saved_bytes
 
 

@@ -292,6 +292,99 @@ def test_linear_backward_from_saved_xq():
         assert np.array_equal(a, b)
 
 
+
+# bf16 / fp16 forwards keep x's 16-bit values (2 bytes per element): what their
+# product consumed. A dw pass of the same precision uses them as is, which is
+# bit-identical to converting the fp32 x again (rounding is idempotent); a dw
+# pass at another precision uses them widened to fp32 (as PyTorch's autocast,
+# which saves the cast input).
+_WIDEN = {"bf16": lambda q: _C.from_bfloat16(q), "fp16": lambda q: q.astype(np.float32)}
+_LOWP_DTYPE = {"bf16": np.uint16, "fp16": np.float16}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fwd", ["bf16", "fp16"])
+def test_conv2d_backward_from_saved_16bit_x(fwd, backend):
+    for ci in (0, 5, 9):   # stride 2 + padding; groups + dilation + stride; plain 3x3
+        c = CONV_CONFIGS[ci]
+        x, w, b = _conv_data(c, 6 + ci)
+        x[0, 0, 0, 0] = 1 + 2.0 ** -12   # rounds differently in bf16 and fp16
+        geo = (c["s"], c["p"], c["d"], c["G"])
+        y, xq, sx = _C.conv2d_forward_lowp(x, w, b, *geo, fwd, backend, return_xq=True)
+        assert xq.dtype == _LOWP_DTYPE[fwd] and xq.shape == x.shape and sx is None
+        assert xq.nbytes == x.nbytes // 2
+        assert np.array_equal(y, _C.conv2d_forward_lowp(x, w, b, *geo, fwd, backend))
+        xw = _WIDEN[fwd](xq)   # the values the forward consumed
+        assert np.array_equal(xw, _WIDEN[fwd](_C.to_bfloat16(x) if fwd == "bf16"
+                                               else x.astype(np.float16)))
+        dy = np.random.default_rng(ci).standard_normal(y.shape).astype(np.float32)
+        for pdw in PRECS:
+            full = _C.conv2d_backward_lowp(dy, x, w, *geo, True, True, True, fwd, pdw, 1, 2,
+                                           backend, x_nonneg=False)
+            saved = _C.conv2d_backward_lowp(dy, None, w, *geo, True, True, True, fwd, pdw, 1, 2,
+                                            backend, x_q=xq)
+            widened = _C.conv2d_backward_lowp(dy, xw, w, *geo, True, True, True, fwd, pdw, 1, 2,
+                                              backend)
+            for k in (0, 2):   # dx and db do not read x
+                assert np.array_equal(saved[k], full[k]), (ci, pdw, k)
+            assert np.array_equal(saved[1], widened[1]), (ci, pdw)
+            if pdw == fwd:
+                assert np.array_equal(saved[1], full[1]), (ci, pdw)
+        if fwd == "bf16":   # the changed element: fp32 / fp16 dw see its bf16 value
+            a = _C.conv2d_backward_lowp(dy, None, w, *geo, False, True, False, fwd, "fp32", 1, 2,
+                                        backend, x_q=xq)[1]
+            f = _C.conv2d_backward_lowp(dy, x, w, *geo, False, True, False, fwd, "fp32", 1, 2,
+                                        backend)[1]
+            assert not np.array_equal(a, f), ci
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fwd", ["bf16", "fp16"])
+def test_linear_backward_from_saved_16bit_x(fwd, backend):
+    rng = np.random.default_rng(9)
+    x = np.maximum(rng.standard_normal((33, 50)), 0).astype(np.float32)
+    w = rng.standard_normal((17, 50)).astype(np.float32)
+    b = rng.standard_normal(17).astype(np.float32)
+    y, xq, sx = _C.linear_forward_lowp(x, w, b, fwd, backend, return_xq=True)
+    assert xq.dtype == _LOWP_DTYPE[fwd] and xq.shape == x.shape and sx is None
+    assert np.array_equal(y, _C.linear_forward_lowp(x, w, b, fwd, backend))
+    xw = _WIDEN[fwd](xq)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    for pdw in PRECS:
+        # x >= 0: an int8 dw from the widened 16-bit x quantizes it as u8
+        full = _C.linear_backward_lowp(dy, x, w, True, True, True, fwd, pdw, 3, 4, backend,
+                                       x_nonneg=True)
+        saved = _C.linear_backward_lowp(dy, None, w, True, True, True, fwd, pdw, 3, 4, backend,
+                                        x_nonneg=True, x_q=xq)
+        widened = _C.linear_backward_lowp(dy, xw, w, True, True, True, fwd, pdw, 3, 4, backend,
+                                          x_nonneg=True)
+        assert np.array_equal(saved[0], full[0]) and np.array_equal(saved[2], full[2]), pdw
+        assert np.array_equal(saved[1], widened[1]), pdw
+        if pdw == fwd:
+            assert np.array_equal(saved[1], full[1]), pdw
+    # fp32 forward: nothing to keep
+    assert _C.linear_forward_lowp(x, w, b, "fp32", backend, return_xq=True)[1:] == (None, None)
+
+
+@pytest.mark.parametrize("call, exc, msg", [
+    (lambda: _C.conv2d_backward_lowp(np.ones((2, 6, 6, 6), np.float32), None,
+                                     np.ones((6, 2, 3, 3), np.float32), 1, 0, 1, 2, True, True,
+                                     True, "bf16", "bf16", 0, 0, "ref",
+                                     x_q=np.ones((2, 4, 8, 8), np.uint16), x_scale=0.5),
+     ValueError, r"conv2d_backward_lowp: x_scale is for an int8 x_q; a bf16 x_q has none"),
+    (lambda: _C.linear_backward_lowp(np.ones((3, 2), np.float32), None, np.ones((2, 4), np.float32),
+                                     True, True, True, "fp16", "fp16", 0, 0, "ref",
+                                     x_q=np.ones((3, 5), np.float16)),
+     ValueError, r"linear_backward_lowp: .*\(3, 5\)"),
+    (lambda: _C.linear_backward_lowp(np.ones((3, 2), np.float32), None, np.ones((2, 4), np.float32),
+                                     True, True, True, "fp16", "fp16", 0, 0, "ref",
+                                     x_q=np.ones((3, 4), np.float64)),
+     TypeError, r"linear_backward_lowp: x_q must be uint8 or int8 \(with x_scale\), or bf16 bits"),
+])
+def test_saved_16bit_x_errors(call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call()
+
 # ---- mixed precisions per pass ---------------------------------------------------
 
 def test_mixed_precisions_per_pass():

@@ -77,15 +77,83 @@ et_status et_lowp_check_xq(const char *op, const et_tensor *xq, float scale, con
     char s1[96], s2[96];
     et_shape_str(xq, s1, sizeof s1);
     et_shape_str(like, s2, sizeof s2);
-    if (xq->dtype != ET_U8 && xq->dtype != ET_S8)
-        return et_error(ET_ERR_TYPE, "%s: x_q %s must be uint8 or int8, got %s", op, s1,
+    const int q8 = xq->dtype == ET_U8 || xq->dtype == ET_S8;
+    if (!q8 && xq->dtype != ET_BF16 && xq->dtype != ET_F16)
+        return et_error(ET_ERR_TYPE, "%s: x_q %s must be uint8 or int8 (an int8 forward's) or "
+                        "bf16/f16 bits (a 16-bit forward's), got %s", op, s1,
                         et_dtype_name(xq->dtype));
     if (xq->ndim != like->ndim ||
         memcmp(xq->shape, like->shape, sizeof(int64_t) * (size_t)like->ndim) != 0)
         return et_error(ET_ERR_VALUE, "%s: x_q %s must have the input's shape %s", op, s1, s2);
-    if (!isfinite(scale) || scale < FLT_MIN)
+    if (q8 && (!isfinite(scale) || scale < FLT_MIN))
         return et_error(ET_ERR_VALUE, "%s: x_scale must be finite and >= %g, got %g", op,
                         (double)FLT_MIN, (double)scale);
+    return ET_OK;
+}
+
+et_status et_lowp_saved_out(const char *op, const et_tensor *xq_out, et_dtype dt, const et_tensor *x,
+                            void **buf)
+{
+    *buf = NULL;
+    if (!xq_out || !xq_out->data) return ET_OK;
+    if (xq_out->dtype != dt || xq_out->ndim != x->ndim ||
+        memcmp(xq_out->shape, x->shape, sizeof(int64_t) * (size_t)x->ndim) != 0)
+        return et_error(ET_ERR_VALUE, "%s: the saved-input buffer must be %s of the input's shape",
+                        op, et_dtype_name(dt));
+    *buf = xq_out->data;
+    return ET_OK;
+}
+
+et_status et_lowp_saved_x(const char *op, const float *x, const et_tensor *xq, float x_scale,
+                          int x_nonneg, int64_t n, et_prec pr, et_lowp_bufs *bufs,
+                          const void **out, et_dtype *dt, float *sx)
+{
+    *sx = 1.0f;
+    /* already in the pass's form: an int8 forward's x_q for an int8 pass, a
+     * bf16/f16 forward's bits for a pass of that precision (bit-identical to
+     * converting x again: rounding is idempotent) */
+    if (xq && (pr == ET_PREC_INT8 ? (xq->dtype == ET_U8 || xq->dtype == ET_S8)
+                                   : xq->dtype == et_prec_dtype(pr))) {
+        *out = xq->data;
+        *dt = xq->dtype;
+        *sx = x_scale;
+        return ET_OK;
+    }
+    const float *xf = x;
+    if (!xf) {   /* only the saved x_q: back to f32 first (operand preparation) */
+        float *b = et_lowp_alloc(bufs, (size_t)n * sizeof(float));
+        if (!b)
+            return et_error(ET_ERR_NOMEM, "%s: cannot allocate the widened input (%lld bytes)", op,
+                            (long long)(n * 4));
+        const int64_t t0 = et_prof_begin();
+        switch (xq->dtype) {
+        case ET_U8: ET_TRY(et_dequantize_u8(xq->data, 1, n, &x_scale, 0, b)); break;
+        case ET_S8: ET_TRY(et_dequantize_s8(xq->data, 1, n, &x_scale, 0, b)); break;
+        case ET_BF16: ET_TRY(et_convert_bf16_to_f32(xq->data, b, n)); break;
+        default: ET_TRY(et_convert_f16_to_f32(xq->data, b, n)); break;
+        }
+        et_prof_end(t0, xq->dtype == ET_BF16 || xq->dtype == ET_F16 ? "widen.input"
+                                                                      : "dequantize.input",
+                    xq->dtype == ET_BF16 ? "bf16" : xq->dtype == ET_F16 ? "fp16" : "int8",
+                    n * (xq->dtype == ET_BF16 || xq->dtype == ET_F16 ? 6 : 5));
+        xf = b;
+    }
+    if (pr == ET_PREC_FP32) {
+        *out = xf;
+        *dt = ET_F32;
+        return ET_OK;
+    }
+    const int q8 = pr == ET_PREC_INT8;
+    void *b = et_lowp_alloc(bufs, (size_t)n * (q8 ? 1 : 2));
+    if (!b)
+        return et_error(ET_ERR_NOMEM, "%s: cannot allocate the %s input (%lld bytes)", op,
+                        q8 ? "quantized" : "converted", (long long)(n * (q8 ? 1 : 2)));
+    const int64_t t0 = et_prof_begin();
+    if (q8) ET_TRY(et_lowp_quantize_x(xf, n, x_nonneg, b, sx));
+    else ET_TRY(et_lowp_convert(xf, n, pr, b));
+    et_prof_end(t0, q8 ? "quantize.input" : "convert.input", et_prec_name(pr), n * (q8 ? 5 : 6));
+    *out = b;
+    *dt = q8 ? (x_nonneg ? ET_U8 : ET_S8) : et_prec_dtype(pr);
     return ET_OK;
 }
 
@@ -207,7 +275,9 @@ et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const
     } else if (prec == ET_PREC_BF16 || prec == ET_PREC_FP16) {
         const et_dtype dt = et_prec_dtype(prec);
         void *xb, *wb;   // x (N, C, H, W), w (OC, C/G, KH, KW) as 16-bit bits
-        LP_ALLOC(xb, nx * 2, "the converted input");
+        /* x converted into the caller's buffer when it keeps it for backward */
+        LP_TRY(et_lowp_saved_out(op, xq_out, dt, x, &xb));
+        if (!xb) LP_ALLOC(xb, nx * 2, "the converted input");
         LP_ALLOC(wb, nw * 2, "the converted weight");
         LP_PROF("convert.input", et_prec_name(prec), nx * 6,
                 et_lowp_convert(x->data, nx, prec, xb));
@@ -220,17 +290,8 @@ et_status et_conv2d_forward_lowp(const et_backend *be, const et_tensor *x, const
     } else {
         const et_dtype xdt = x_nonneg ? ET_U8 : ET_S8;
         void *xq;
-        if (xq_out && xq_out->data) {
-            if (xq_out->dtype != xdt || xq_out->ndim != 4 ||
-                memcmp(xq_out->shape, x->shape, 4 * sizeof(int64_t)) != 0) {
-                st = et_error(ET_ERR_VALUE, "%s: quantized-input buffer must be %s of the input's "
-                              "shape", op, et_dtype_name(xdt));
-                goto done;
-            }
-            xq = xq_out->data;
-        } else {
-            LP_ALLOC(xq, nx, "the quantized input");
-        }
+        LP_TRY(et_lowp_saved_out(op, xq_out, xdt, x, &xq));
+        if (!xq) LP_ALLOC(xq, nx, "the quantized input");
         const int8_t *wq;   // (OC, C/G*KH*KW)
         LP_ALLOC(acc, N * OC * OHW * sizeof(int32_t), "the int32 accumulator");
         LP_PROF("quantize.input", "int8", nx * 5,
@@ -414,40 +475,11 @@ et_status et_conv2d_backward_lowp(const et_backend *be, const et_tensor *dy, con
             aw.pad_lo[i] = gw.pad_lo[i];
             aw.pad_hi[i] = gw.pad_hi[i];
         }
-        const void *xo;   // x (N, C, H, W) in the pass's dtype
-        et_dtype xdt = et_prec_dtype(pr);
-        float sx = 1.0f;
-        if (pr == ET_PREC_INT8) {
-            if (xq) {
-                xo = xq->data;
-                xdt = xq->dtype;
-                sx = o->x_scale;
-            } else {
-                void *b;
-                LP_ALLOC(b, nx, "the quantized input");
-                LP_PROF("quantize.input", "int8", nx * 5,
-                        et_lowp_quantize_x(x->data, nx, o->x_nonneg, b, &sx));
-                xo = b;
-                xdt = o->x_nonneg ? ET_U8 : ET_S8;
-            }
-        } else {
-            const float *xf = x->data;
-            if (!xf) {   /* only the saved x_q: dequantize it (operand preparation) */
-                float *b;
-                LP_ALLOC(b, nx * sizeof(float), "the dequantized input");
-                LP_PROF("dequantize.input", "int8", nx * 5,
-                        xq->dtype == ET_U8 ? et_dequantize_u8(xq->data, 1, nx, &o->x_scale, 0, b)
-                                           : et_dequantize_s8(xq->data, 1, nx, &o->x_scale, 0, b));
-                xf = b;
-            }
-            if (pr == ET_PREC_FP32) xo = xf;
-            else {
-                void *b;
-                LP_ALLOC(b, nx * 2, "the converted input");
-                LP_PROF("convert.input", et_prec_name(pr), nx * 6, et_lowp_convert(xf, nx, pr, b));
-                xo = b;
-            }
-        }
+        const void *xo;   // x (N, C, H, W) in the pass's dtype xdt (int8: scale sx)
+        et_dtype xdt;
+        float sx;
+        LP_TRY(et_lowp_saved_x(op, x->data, xq, o->x_scale, o->x_nonneg, nx, pr, &bufs, &xo,
+                               &xdt, &sx));
         const void *dyo;
         const et_dtype ddt = et_prec_dtype(pr);
         if (pr == ET_PREC_FP32) dyo = dy->data;

@@ -51,13 +51,18 @@ typedef struct et_lowp_bwd_opts {
     et_prec prec_dx, prec_dw;
     uint64_t seed, offset;   /* stochastic rounding of dy (int8 passes) */
     int x_nonneg;            /* quantize x as u8 (full range) for an int8 dw */
-    const et_tensor *x_q;    /* optional: x already quantized (u8/s8, x's shape), */
-    float x_scale;           /* its per-tensor scale: used by an int8 dw pass     */
+    const et_tensor *x_q;    /* optional: x as the forward saved it (x's shape):    */
+                             /* u8/s8 of an int8 forward, or bf16/f16 bits of a     */
+                             /* 16-bit forward; the dw pass uses it as is when its  */
+                             /* precision matches, else widens it to f32 first      */
+    float x_scale;           /* an int8 x_q's per-tensor scale (unused for 16-bit)  */
 } et_lowp_bwd_opts;
 
 /* y (N, OC, OH, OW) f32 preallocated. xq_out (optional, NULL or data NULL):
- * for int8, receives the quantized x (u8 when x_nonneg, else s8, x's shape)
- * and *xscale_out its scale, for the autograd layer to save. cache_w: 1 to
+ * receives x as the forward's product used it, for the autograd layer to save
+ * at forward precision: int8, the quantized x (u8 when x_nonneg, else s8, x's
+ * shape) and *xscale_out its scale; bf16 / fp16, x's 16-bit bits (half of
+ * f32's bytes); fp32, unused. cache_w: 1 to
  * use the prepacked-weight cache for an int8 weight (et_lowp_weight_s8); 0
  * for a weight that is being trained (it changes every step, so an entry
  * would only cost its memory and a compare). */
@@ -88,8 +93,23 @@ void et_lowp_free(et_lowp_bufs *b);
 /* dst = src (n f32) converted to `prec` (bf16/f16 bits; fp32: copied). */
 et_status et_lowp_convert(const float *src, int64_t n, et_prec prec, void *dst);
 
-/* Checks a saved quantized x: u8/s8, shape of `like`, finite scale >= FLT_MIN. */
+/* Checks a saved x: u8/s8 (finite scale >= FLT_MIN) or bf16/f16, shape of `like`. */
 et_status et_lowp_check_xq(const char *op, const et_tensor *xq, float scale, const et_tensor *like);
+
+/* *buf = xq_out's data when the caller gave a buffer for the saved x (it must
+ * be dtype dt of x's shape, else ET_ERR_VALUE), else NULL. */
+et_status et_lowp_saved_out(const char *op, const et_tensor *xq_out, et_dtype dt, const et_tensor *x,
+                            void **buf);
+
+/* The dw pass's x operand (n elements) in precision pr, from what the forward
+ * kept: x (f32; may be NULL when xq is given) or xq (et_lowp_bwd_opts.x_q).
+ * xq already in pr's form is used as is; otherwise x (or xq widened to f32) is
+ * converted, or quantized per tensor (u8 when x_nonneg). *out, *dt its data
+ * and dtype (buffers from bufs), *sx its int8 scale (else 1). Profiler ranges
+ * "dequantize.input" / "widen.input" / "convert.input" / "quantize.input". */
+et_status et_lowp_saved_x(const char *op, const float *x, const et_tensor *xq, float x_scale,
+                          int x_nonneg, int64_t n, et_prec pr, et_lowp_bufs *bufs,
+                          const void **out, et_dtype *dt, float *sx);
 
 /* x (n f32) quantized per tensor into q (u8 when nonneg, else s8). */
 et_status et_lowp_quantize_x(const float *x, int64_t n, int nonneg, void *q, float *scale);

@@ -86,7 +86,13 @@ et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const
     if (prec != ET_PREC_INT8) {
         const et_dtype dt = et_prec_dtype(prec);
         void *xo, *wo;
-        LP_OPERAND(xo, x->data, M * K, prec, "the converted input", "convert.input");
+        /* x converted into the caller's buffer when it keeps it for backward */
+        LP_TRY(et_lowp_saved_out(op, xq_out, dt, x, &xo));
+        if (xo)
+            LP_PROF("convert.input", et_prec_name(prec), M * K * 6,
+                    et_lowp_convert(x->data, M * K, prec, xo));
+        else
+            LP_OPERAND(xo, x->data, M * K, prec, "the converted input", "convert.input");
         LP_OPERAND(wo, w->data, N * K, prec, "the converted weight", "convert.weight");
         LP_TRY(et_tensor_view(&m.a, xo, dt, 2, x->shape));
         LP_TRY(et_tensor_view(&m.b, wo, dt, 2, w->shape));
@@ -95,17 +101,8 @@ et_status et_linear_forward_lowp(const et_backend *be, const et_tensor *x, const
     } else {
         const et_dtype xdt = x_nonneg ? ET_U8 : ET_S8;
         void *xq;
-        if (xq_out && xq_out->data) {
-            if (xq_out->dtype != xdt || xq_out->ndim != 2 || xq_out->shape[0] != M ||
-                xq_out->shape[1] != K) {
-                st = et_error(ET_ERR_VALUE, "%s: quantized-input buffer must be %s of the input's "
-                              "shape", op, et_dtype_name(xdt));
-                goto done;
-            }
-            xq = xq_out->data;
-        } else {
-            LP_ALLOC(xq, M * K, "the quantized input");
-        }
+        LP_TRY(et_lowp_saved_out(op, xq_out, xdt, x, &xq));
+        if (!xq) LP_ALLOC(xq, M * K, "the quantized input");
         const int8_t *wq;   // (N, K)
         LP_ALLOC(acc, M * N * sizeof(int32_t), "the int32 accumulator");
         LP_PROF("quantize.input", "int8", M * K * 5,
@@ -197,20 +194,15 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
         const et_prec pr = o->prec_dw;
         if (pr != ET_PREC_INT8) {   /* (M, N)^T . (M, K) -> (N, K) */
             const et_dtype dt = et_prec_dtype(pr);
-            const float *xf = x->data;
-            if (!xf) {
-                float *b;
-                LP_ALLOC(b, M * K * sizeof(float), "the dequantized input");
-                LP_PROF("dequantize.input", "int8", M * K * 5,
-                        xq->dtype == ET_U8 ? et_dequantize_u8(xq->data, 1, M * K, &o->x_scale, 0, b)
-                                           : et_dequantize_s8(xq->data, 1, M * K, &o->x_scale, 0, b));
-                xf = b;
-            }
-            void *dyo, *xo;
+            void *dyo;
+            const void *xo;
+            et_dtype xdt;
+            float sx_unused;
             LP_OPERAND(dyo, dy->data, M * N, pr, "the converted grad_output", "convert.grad_output");
-            LP_OPERAND(xo, xf, M * K, pr, "the converted input", "convert.input");
+            LP_TRY(et_lowp_saved_x(op, x->data, xq, o->x_scale, o->x_nonneg, M * K, pr, &bufs, &xo,
+                                   &xdt, &sx_unused));
             LP_TRY(et_tensor_view(&mw.a, dyo, dt, 2, dy->shape));
-            LP_TRY(et_tensor_view(&mw.b, xo, dt, 2, x->shape));
+            LP_TRY(et_tensor_view(&mw.b, (void *)xo, xdt, 2, x->shape));
             mw.trans_a = 1;
             mw.y = *dw;
             LP_TRY(et_matmul_check(op, &mw));
@@ -220,18 +212,8 @@ et_status et_linear_backward_lowp(const et_backend *be, const et_tensor *dy, con
             const void *xo;
             et_dtype xdt;
             float sx;
-            if (xq) {
-                xo = xq->data;
-                xdt = xq->dtype;
-                sx = o->x_scale;
-            } else {
-                void *b;
-                LP_ALLOC(b, M * K, "the quantized input");
-                LP_PROF("quantize.input", "int8", M * K * 5,
-                        et_lowp_quantize_x(x->data, M * K, o->x_nonneg, b, &sx));
-                xo = b;
-                xdt = o->x_nonneg ? ET_U8 : ET_S8;
-            }
+            LP_TRY(et_lowp_saved_x(op, x->data, xq, o->x_scale, o->x_nonneg, M * K, pr, &bufs, &xo,
+                                   &xdt, &sx));
             /* the s32 sum over M products |x_q * dy_q| <= qmax*127 must stay below
              * 2^31: rows are split in chunks added in int64 (one job per chunk) */
             const int64_t lim = (int64_t)2147483647 / ((xdt == ET_U8 ? 255 : 127) * 127);

@@ -48,8 +48,10 @@ static int u64_arg(PyObject *obj, const char *op, const char *arg, uint64_t *out
     return 0;
 }
 
-/* x_q (uint8/int8 array) + x_scale (float) or both None; x may then be None
- * (a shape-only f32 view of x_q's shape stands for it). */
+/* x_q as the forward kept it, or None: uint8/int8 with x_scale (an int8
+ * forward's), or bf16 bits (numpy uint16) / float16 without one (a 16-bit
+ * forward's). x may then be None (a shape-only f32 view of x_q's shape stands
+ * for it). */
 static int xq_args(const char *op, PyObject *oxq, PyObject *oxs, PyObject *ox, int ndim,
                    et_tensor *xq, float *xscale, et_tensor *x)
 {
@@ -69,19 +71,35 @@ static int xq_args(const char *op, PyObject *oxq, PyObject *oxs, PyObject *ox, i
         return -1;
     }
     int t = PyArray_TYPE((PyArrayObject *)oxq);
-    if (t != NPY_UINT8 && t != NPY_INT8) {
-        PyErr_Format(et_py_TypeError, "%s: x_q must be uint8 or int8, got %s", op,
+    et_dtype dt;
+    switch (t) {
+    case NPY_UINT8: dt = ET_U8; break;
+    case NPY_INT8: dt = ET_S8; break;
+    case NPY_UINT16: dt = ET_BF16; break;   /* bf16 bits */
+    case NPY_FLOAT16: dt = ET_F16; break;
+    default:
+        PyErr_Format(et_py_TypeError, "%s: x_q must be uint8 or int8 (with x_scale), or bf16 "
+                     "bits (uint16) or float16 (without), got %s", op,
                      PyArray_DESCR((PyArrayObject *)oxq)->typeobj->tp_name);
         return -1;
     }
-    if (et_py_tensor_arg(oxq, op, "x_q", ndim, t == NPY_UINT8 ? ET_U8 : ET_S8, xq) < 0) return -1;
-    if (!oxs || oxs == Py_None) {
+    if (et_py_tensor_arg(oxq, op, "x_q", ndim, dt, xq) < 0) return -1;
+    const int q8 = dt == ET_U8 || dt == ET_S8;
+    const int has_scale = oxs && oxs != Py_None;
+    if (q8 && !has_scale) {
         PyErr_Format(et_py_ValueError, "%s: x_q given without x_scale", op);
         return -1;
     }
-    double s = PyFloat_AsDouble(oxs);
-    if (s == -1.0 && PyErr_Occurred()) return -1;
-    *xscale = (float)s;
+    if (!q8 && has_scale) {
+        PyErr_Format(et_py_ValueError, "%s: x_scale is for an int8 x_q; a %s x_q has none", op,
+                     dt == ET_BF16 ? "bf16" : "float16");
+        return -1;
+    }
+    if (q8) {
+        double s = PyFloat_AsDouble(oxs);
+        if (s == -1.0 && PyErr_Occurred()) return -1;
+        *xscale = (float)s;
+    }
     if (ox && ox != Py_None) {
         if (et_py_f32_arg(ox, op, "x", x, 0) < 0) return -1;
     } else if (et_tensor_view(x, NULL, ET_F32, xq->ndim, xq->shape) != ET_OK) {
@@ -89,6 +107,16 @@ static int xq_args(const char *op, PyObject *oxq, PyObject *oxs, PyObject *ox, i
         return -1;
     }
     return 0;
+}
+
+/* The saved-x array a low-precision forward fills when asked (return_xq): x at
+ * the forward's precision, u8/s8 for int8, bf16 bits / f16 for 16-bit (an fp32
+ * forward has none: the caller keeps x itself). */
+static PyObject *saved_x_array(int ndim, const int64_t *shape, et_prec prec, int x_nonneg,
+                               et_tensor *xq)
+{
+    const et_dtype dt = prec == ET_PREC_INT8 ? (x_nonneg ? ET_U8 : ET_S8) : et_prec_dtype(prec);
+    return et_py_empty(ndim, shape, dt, 0, xq);
 }
 
 /* ---- prepacked weights: an entry lives as long as its weight array --------
@@ -133,12 +161,12 @@ static void wc_track(PyObject *ow)
     PyErr_Restore(exc_t, exc_v, exc_tb);
 }
 
-/* Builds y or (y, x_q, x_scale) */
-static PyObject *fwd_result(PyObject *y, PyObject *oxq, float xs, int return_xq)
+/* Builds y or (y, x_q, x_scale): x_scale None unless x_q is int8 */
+static PyObject *fwd_result(PyObject *y, PyObject *oxq, float xs, int return_xq, et_prec prec)
 {
     if (!return_xq) { Py_XDECREF(oxq); return y; }
     if (!oxq) { Py_INCREF(Py_None); oxq = Py_None; }
-    PyObject *s = oxq == Py_None ? (Py_INCREF(Py_None), Py_None) : PyFloat_FromDouble((double)xs);
+    PyObject *s = prec != ET_PREC_INT8 ? (Py_INCREF(Py_None), Py_None) : PyFloat_FromDouble((double)xs);
     if (!s) { Py_DECREF(y); Py_DECREF(oxq); return NULL; }
     return Py_BuildValue("(NNN)", y, oxq, s);
 }
@@ -173,8 +201,8 @@ static PyObject *py_conv2d_forward_lowp(PyObject *self, PyObject *args, PyObject
     if (!out) return NULL;
     PyObject *oxq = NULL;
     memset(&xq, 0, sizeof xq);
-    if (return_xq && prec == ET_PREC_INT8) {
-        oxq = et_py_empty(4, x.shape, x_nonneg ? ET_U8 : ET_S8, 0, &xq);
+    if (return_xq && prec != ET_PREC_FP32) {
+        oxq = saved_x_array(4, x.shape, prec, x_nonneg, &xq);
         if (!oxq) { Py_DECREF(out); return NULL; }
     }
     float xs = 0.0f;
@@ -183,7 +211,7 @@ static PyObject *py_conv2d_forward_lowp(PyObject *self, PyObject *args, PyObject
     Py_END_ALLOW_THREADS
     wc_track(ow);
     if (st != ET_OK) { Py_DECREF(out); Py_XDECREF(oxq); return et_py_raise(st, NULL); }
-    return fwd_result(out, oxq, xs, return_xq);
+    return fwd_result(out, oxq, xs, return_xq, prec);
 }
 
 static PyObject *py_conv2d_backward_lowp(PyObject *self, PyObject *args, PyObject *kw)
@@ -263,8 +291,8 @@ static PyObject *py_linear_forward_lowp(PyObject *self, PyObject *args, PyObject
     if (!out) return NULL;
     PyObject *oxq = NULL;
     memset(&xq, 0, sizeof xq);
-    if (return_xq && prec == ET_PREC_INT8) {
-        oxq = et_py_empty(2, x.shape, x_nonneg ? ET_U8 : ET_S8, 0, &xq);
+    if (return_xq && prec != ET_PREC_FP32) {
+        oxq = saved_x_array(2, x.shape, prec, x_nonneg, &xq);
         if (!oxq) { Py_DECREF(out); return NULL; }
     }
     float xs = 0.0f;
@@ -273,7 +301,7 @@ static PyObject *py_linear_forward_lowp(PyObject *self, PyObject *args, PyObject
     Py_END_ALLOW_THREADS
     wc_track(ow);
     if (st != ET_OK) { Py_DECREF(out); Py_XDECREF(oxq); return et_py_raise(st, NULL); }
-    return fwd_result(out, oxq, xs, return_xq);
+    return fwd_result(out, oxq, xs, return_xq, prec);
 }
 
 static PyObject *py_linear_backward_lowp(PyObject *self, PyObject *args, PyObject *kw)
@@ -326,7 +354,9 @@ static PyMethodDef lowp_methods[] = {
     {"conv2d_forward_lowp", (PyCFunction)(void (*)(void))py_conv2d_forward_lowp,
      METH_VARARGS | METH_KEYWORDS,
      "conv2d_forward_lowp(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, "
-     "precision='fp32', backend='ref', x_nonneg=False, return_xq=False) -> y | (y, x_q, x_scale)"},
+     "precision='fp32', backend='ref', x_nonneg=False, return_xq=False, cache_weight=True) -> y | "
+     "(y, x_q, x_scale): x_q is x at the forward's precision (int8: u8/s8 with x_scale; bf16: "
+     "uint16 bits, fp16: float16, x_scale None; fp32: None)"},
     {"conv2d_backward_lowp", (PyCFunction)(void (*)(void))py_conv2d_backward_lowp,
      METH_VARARGS | METH_KEYWORDS,
      "conv2d_backward_lowp(dy, x, w, stride, padding, dilation, groups, need_dx, need_dw, need_db, "
@@ -335,7 +365,7 @@ static PyMethodDef lowp_methods[] = {
     {"linear_forward_lowp", (PyCFunction)(void (*)(void))py_linear_forward_lowp,
      METH_VARARGS | METH_KEYWORDS,
      "linear_forward_lowp(x, w, bias=None, precision='fp32', backend='ref', x_nonneg=False, "
-     "return_xq=False) -> y | (y, x_q, x_scale)"},
+     "return_xq=False, cache_weight=True) -> y | (y, x_q, x_scale), x_q as conv2d_forward_lowp's"},
     {"linear_backward_lowp", (PyCFunction)(void (*)(void))py_linear_backward_lowp,
      METH_VARARGS | METH_KEYWORDS,
      "linear_backward_lowp(dy, x, w, need_dx, need_dw, need_db, precision_dx, precision_dw, seed, "

@@ -176,14 +176,15 @@ class _Conv2d(Function):
             return _C.conv2d_forward(x, w, None if b is None else _c(b), stride, padding,
                                      dilation, groups, backend=ctx.backend)
         fwd = pol[0]
-        keep_q = fwd == "int8" and _recording(ctx)
+        keep_q = fwd != "fp32" and _recording(ctx)
         ctx.x_nonneg = nonneg = _nonneg(x, pol)
         out = _C.conv2d_forward_lowp(x, w, None if b is None else _c(b), stride, padding,
                                      dilation, groups, precision=fwd, backend=ctx.backend,
                                      x_nonneg=nonneg, return_xq=keep_q,
                                      cache_weight=_weight_cacheable(ctx))
         if keep_q:
-            # activations saved at forward precision: x_q (1 byte/element), not x
+            # activations saved at forward precision, not x: x_q (int8: 1 byte per
+            # element, with its scale xs; bf16 / fp16: 2 bytes, xs None)
             y, xq, xs = out
             ctx.save_for_backward(None, w, _SavedToken(xq.nbytes), xq, xs)
         else:
@@ -207,7 +208,7 @@ class _Conv2d(Function):
             _c(g), x, w, stride, padding, dilation, groups, bool(nx), bool(nw),
             bool(nb and ctx.has_bias), precision_dx=pdx, precision_dw=pdw,
             seed=_sr_seed(pdx, pdw), offset=0, backend=ctx.backend,
-            x_nonneg=ctx.x_nonneg and xq is None, x_q=xq, x_scale=xs)
+            x_nonneg=ctx.x_nonneg, x_q=xq, x_scale=xs)
         _warn_fallbacks()
         return dx, dw, db, None, None, None, None
 
@@ -285,7 +286,7 @@ class _Linear(Function):
             ctx.save_for_backward(x, w, _SavedToken(x.nbytes), None, None)
             return _C.linear_forward(x, w, None if b is None else _c(b), backend=ctx.backend)
         fwd = pol[0]
-        keep_q = fwd == "int8" and _recording(ctx)
+        keep_q = fwd != "fp32" and _recording(ctx)   # saved at forward precision, as conv2d
         ctx.x_nonneg = nonneg = _nonneg(x, pol)
         out = _C.linear_forward_lowp(x, w, None if b is None else _c(b), precision=fwd,
                                      backend=ctx.backend, x_nonneg=nonneg, return_xq=keep_q,
@@ -311,7 +312,7 @@ class _Linear(Function):
         dx, dw, db = _C.linear_backward_lowp(
             _c(g), x, w, bool(nx), bool(nw), bool(nb and ctx.has_bias), precision_dx=pdx,
             precision_dw=pdw, seed=_sr_seed(pdx, pdw), offset=0, backend=ctx.backend,
-            x_nonneg=ctx.x_nonneg and xq is None, x_q=xq, x_scale=xs)
+            x_nonneg=ctx.x_nonneg, x_q=xq, x_scale=xs)
         _warn_fallbacks()
         return dx, dw, db
 
