@@ -30,7 +30,8 @@ Outputs in --out (default benchmarks/results), all written atomically:
 accuracy.json, accuracy.md, accuracy_loss_<model>.png; one result per run in
 <out>/accuracy-runs/<model>-<precision>.json. A run whose result exists for
 the same configuration is not run again unless --force (the full table takes
-hours on 2 cores), so an interrupted table resumes where it stopped.
+hours on 2 cores), so an interrupted table resumes where it stopped;
+--report-only rewrites the table from finished runs and runs nothing.
 
     .venv/bin/python benchmarks/accuracy_table.py                      # the full table
     .venv/bin/python benchmarks/accuracy_table.py --train-subset 2000 --test-subset 1000 \\
@@ -138,6 +139,9 @@ def run_config(args, model, prec, inp, runs_dir, workdir):
                 return old
         except (OSError, ValueError):
             pass  # unreadable: run again
+    if args.report_only:
+        raise SystemExit(f"accuracy_table: --report-only, and {result_path} has no finished run "
+                         f"of this configuration ({model} {prec}; run without --report-only)")
     # the spec of edgetrain/cli/runs.py: the recipe above in its terms
     spec = dict(config, config=config, data_path=inp["data_path"], init_path=inp["init_path"],
                 order_path=inp["order_path"], result_path=result_path,
@@ -300,7 +304,12 @@ def main(argv=None):
     p.add_argument("--data", default=FASHION_DIR, help="directory of Fashion-MNIST IDX files")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
     p.add_argument("--force", action="store_true", help="rerun configurations that have a result")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rewrite the table from the finished runs (an error names a "
+                        "configuration without one)")
     args = p.parse_args(argv)
+    if args.force and args.report_only:
+        p.error("--force and --report-only exclude each other")
     for name in ("epochs_lenet", "epochs_resnet", "batch_size", "threads"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
