@@ -24,7 +24,11 @@ gathering excluded), peak RSS and the peak before training starts (libraries and
 data set loaded), peak saved conv/linear activation bytes (the max of
 `et.saved_activation_bytes()` right after each forward; PyTorch: the bytes of
 the fp32 inputs of its Conv2d/Linear modules in one forward, which is what an
-fp32 edgetrain run saves).
+fp32 edgetrain run saves), the share of the machine's CPU time other processes
+used while it trained (a step time measured beside other work is not clean), and
+the git commit(s) of the code it ran (more than one: resumed). A result may carry
+"notes", a list of sentences a person added (e.g. what shared the machine); the
+table prints them.
 
 Outputs in --out (default benchmarks/results), all written atomically:
 accuracy.json, accuracy.md, accuracy_loss_<model>.png; one result per run in
@@ -169,6 +173,14 @@ def _mib(b):
     return f"{b / 2**20:.1f}"
 
 
+def _share(v):
+    return "n/m" if v is None else f"{100 * v:.0f}"
+
+
+def _name(r):
+    return r["framework"] + (" fp32" if r["precision"] == TORCH else f" {r['precision']}")
+
+
 def write_report(args, mach, inputs, results, out_dir):
     diffs = {}
     for model in args.models:
@@ -223,7 +235,10 @@ def write_report(args, mach, inputs, results, out_dir):
               f"(zero_grad + forward + backward + step); peak RSS of the run's process (VmHWM), and "
               f"its peak before training started (libraries and data set loaded); peak bytes of conv/linear activations saved "
               f"for backward (edgetrain: `et.saved_activation_bytes()` after the forward; PyTorch: "
-              f"the fp32 inputs of its Conv2d/Linear modules).", ""]
+              f"the fp32 inputs of its Conv2d/Linear modules); the share of the machine's CPU time "
+              f"that other processes used while the run trained (0 %: it had the machine to itself; "
+              f"a step time measured beside other work is not a clean measurement; n/m: a run from "
+              f"before this was measured).", ""]
     for model in args.models:
         rs = [r for r in results if r["model"] == model]
         if not rs:
@@ -232,11 +247,12 @@ def write_report(args, mach, inputs, results, out_dir):
         lines += [f"## {model}" + (" (small_input=True)" if model == "resnet18" else "") +
                   f", {inp['epochs']} epoch(s)", "",
                   "| run | test acc | vs edgetrain fp32 (pp) | vs PyTorch fp32 (pp) | last-epoch train loss "
-                  "| ms/step (median) | peak RSS (MiB) | peak RSS before training (MiB) | saved activations (MiB) |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| ms/step (median) | peak RSS (MiB) | peak RSS before training (MiB) | saved activations (MiB) "
+                  "| other processes' CPU (%) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in rs:
             d = diffs[model][r["precision"]]
-            name = r["framework"] + (" fp32" if r["precision"] == TORCH else f" {r['precision']}")
+            name = _name(r)
 
             def pp(v):
                 return "-" if v is None else f"{v:+.2f}"
@@ -244,7 +260,7 @@ def write_report(args, mach, inputs, results, out_dir):
             lines.append(f"| {name} | {r['test_acc']:.4f} | {pp(d['vs_fp32_pp'])} | {pp(d['vs_torch_pp'])} | "
                          f"{r['epochs'][-1]['train_loss']:.4f} | {r['ms_step_median']:.1f} | "
                          f"{_mib(r['peak_rss_bytes'])} | {_mib(r['peak_rss_before_training_bytes'])} | "
-                         f"{_mib(r['peak_saved_activation_bytes'])} |")
+                         f"{_mib(r['peak_saved_activation_bytes'])} | {_share(r.get('other_cpu_share'))} |")
         d = diffs[model]
         if "int8_drop_pp" in d:
             if partial[model]:
@@ -257,6 +273,15 @@ def write_report(args, mach, inputs, results, out_dir):
         notes = sorted({w for r in rs for w in r.get("warnings", [])})
         if notes:
             lines += ["", "Backend notes: " + "; ".join(notes)]
+        codes = [f"{_name(r)} {', '.join(f'`{c}`' for c in r['code'] if c)}" for r in rs
+                 if any(r.get("code") or [])]
+        if codes:
+            lines += ["", "Code each run trained with (git commit; more than one: resumed): " +
+                      "; ".join(codes) + "."]
+        # provenance a person added to a kept result (e.g. what shared the machine)
+        kept = [(_name(r), n) for r in rs for n in r.get("notes", [])]
+        if kept:
+            lines += ["", "Notes on the runs:", ""] + [f"- {name}: {n}" for name, n in kept]
         lines += ["", f"![{model} loss curves](accuracy_loss_{model}.png)", ""]
     write_bytes(os.path.join(out_dir, "accuracy.md"), "\n".join(lines).encode())
     for model in args.models:

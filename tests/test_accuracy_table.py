@@ -39,6 +39,22 @@ def test_report_only_reuses_finished_runs(tmp_path):
     assert "result exists for this configuration, skipped" in r.stdout
     assert json.loads(run.read_text()) == first          # not run again
     assert f"| edgetrain fp32 | {first['test_acc']:.4f} |" in md.read_text()
+    # every run says how busy the machine was and which code it ran
+    assert 0.0 <= first["other_cpu_share"] <= 1.0
+    assert f"| {100 * first['other_cpu_share']:.0f} |" in md.read_text()
+    if first["code"][0]:                                   # None outside a git checkout
+        assert f"`{first['code'][0]}`" in md.read_text()
+    # a note a person adds to a kept result (what shared the machine) is in the table
+    run.write_text(json.dumps(dict(first, notes=["ran beside a test suite"])))
+    r = _run(tmp_path, "--precisions", "fp32", "--report-only")
+    assert r.returncode == 0, r.stderr
+    assert "- edgetrain fp32: ran beside a test suite" in md.read_text()
+    # a run kept from before the share was measured: n/m, not 0
+    run.write_text(json.dumps({k: v for k, v in first.items() if k != "other_cpu_share"}))
+    r = _run(tmp_path, "--precisions", "fp32", "--report-only")
+    assert r.returncode == 0, r.stderr
+    assert "| n/m |" in md.read_text()
+    run.write_text(json.dumps(first))
     # a configuration without a finished run: an error naming it, nothing run
     r = _run(tmp_path, "--precisions", "fp32,int8", "--report-only")
     assert r.returncode != 0

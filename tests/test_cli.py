@@ -700,12 +700,36 @@ def test_compare_matches_train_and_pytorch(mnist10k_dir, run_dir, tmp_path):
         assert r["before"] is None                       # no --init: nothing to report
         assert len(r["step_losses"]) == 2 * 16 and r["ms_step_median"] > 0
         assert r["peak_rss_bytes"] > r["peak_saved_activation_bytes"] > 0
+        assert 0.0 <= r["other_cpu_share"] <= 1.0               # measured (Linux)
+        assert r["code"] and len(r["code"]) == 1                 # one process, not resumed
     # int8 keeps a quarter of fp32's saved activations (plus per-tensor scales)
     assert runs["int8"]["peak_saved_activation_bytes"] < 0.3 * f["peak_saved_activation_bytes"]
     assert (out / "losses.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "compare.md").read_text()
     assert "| edgetrain int8 |" in md and "AMD" in md or "Intel" in md or "cpu" in md
     assert no_temporaries(out)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="the CPU-share counters read Linux's /proc")
+def test_other_cpu_share_sees_other_processes_not_this_one():
+    """The contention figure beside every step time (compare, accuracy table): CPU
+    time of OTHER processes counts, this process's own does not. A child spinning
+    for 1 s on one core is at least a quarter of a 2-core machine's time over
+    that second (1/N of an N-core one: half of the ticks here)."""
+    from edgetrain.cli.runs import cpu_counters, other_cpu
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass\n"
+    c0 = cpu_counters()
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    o, t = other_cpu(c0, cpu_counters())
+    assert t > 0 and o / t >= 0.6 / (os.cpu_count() or 1), (o, t)
+    # this process spinning: in its own ticks, not in the others'
+    c0 = cpu_counters()
+    t_end = time.time() + 0.5
+    while time.time() < t_end:
+        pass
+    c1 = cpu_counters()
+    assert c1[2] - c0[2] >= 0.3 * os.sysconf("SC_CLK_TCK"), (c0, c1)
+    assert other_cpu(None, c1) == (0, 0)                  # off Linux: nothing measured
 
 
 def test_compare_init_from_torch_and_train_only(mnist10k_dir, tmp_path):

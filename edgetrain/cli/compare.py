@@ -155,7 +155,8 @@ def _table(results, with_before):
     ref = next((r for r in results if r["precision"] == TORCH), None)
     head = ["run"] + (["acc before"] if with_before else []) + [
         "final acc", "vs pytorch (pp)", "train loss per epoch", "test loss",
-        "ms/step (median)", "vs pytorch", "peak RSS (MiB)", "saved activations (MiB)"]
+        "ms/step (median)", "vs pytorch", "peak RSS (MiB)", "saved activations (MiB)",
+        "other processes' CPU (%)"]
     rows = [head, ["---"] * len(head)]
     for r in results:
         vs_pp = "-" if ref is None or r is ref else f"{100 * (r['test_acc'] - ref['test_acc']):+.2f}"
@@ -168,7 +169,9 @@ def _table(results, with_before):
                 " ".join(f"{e['train_loss']:.4f}" for e in r["epochs"]),
                 f"{r['test_loss']:.4f}", f"{r['ms_step_median']:.2f}", ratio,
                 f"{r['peak_rss_bytes'] / 2**20:.0f}",
-                f"{r['peak_saved_activation_bytes'] / 2**20:.2f}"]
+                f"{r['peak_saved_activation_bytes'] / 2**20:.2f}",
+                # a step time measured beside other work is not a clean measurement
+                "n/m" if r.get("other_cpu_share") is None else f"{100 * r['other_cpu_share']:.0f}"]
         rows.append(row)
     return rows
 
@@ -285,7 +288,9 @@ def cmd_compare(args):
           f"Recipe: {json.dumps(recipe)}", "",
           "Same initial weights and batch order in every run; time per step is the median "
           f"after {args.warmup_steps} warm-up steps (zero_grad + forward + backward + step); "
-          "peak RSS is each run's own process (VmHWM).", ""]
+          "peak RSS is each run's own process (VmHWM); other processes' CPU is the share of "
+          "the machine's CPU time other processes used while the run trained (a step time "
+          "measured beside other work is not a clean measurement).", ""]
     md += ["| " + " | ".join(r) + " |" for r in rows] + ["", f"![loss curves]({LOSSES_PNG})", ""]
     try:
         write_json(os.path.join(out, RESULTS_JSON), doc)

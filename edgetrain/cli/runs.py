@@ -92,6 +92,49 @@ def _lr_setter(opt):
     return set_lr
 
 
+def cpu_counters():
+    """(busy ticks of the whole machine, total ticks, this process's ticks), or None
+    off Linux. Their differences over an interval give the share of the machine's
+    CPU time that OTHER processes used meanwhile: a step time measured while that
+    share is high is not a clean measurement (other work had the cores)."""
+    try:
+        with open("/proc/stat") as f:
+            cpu = [int(v) for v in f.readline().split()[1:9]]   # user..steal, not guest
+        with open("/proc/self/stat") as f:
+            # field 2 (comm) may hold spaces: split after its closing parenthesis;
+            # utime, stime are fields 14, 15 (11, 12 after it), all threads included
+            rest = f.read().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, IndexError):
+        return None
+    idle = cpu[3] + cpu[4]                                      # idle + iowait
+    return sum(cpu) - idle, sum(cpu), int(rest[11]) + int(rest[12])
+
+
+def other_cpu(c0, c1):
+    """(other processes' busy ticks, total ticks) between two cpu_counters()."""
+    if c0 is None or c1 is None:
+        return 0, 0
+    return max(0, (c1[0] - c0[0]) - (c1[2] - c0[2])), c1[1] - c0[1]
+
+
+def code_version():
+    """The git commit of the checkout this file runs from (+"-dirty" with uncommitted
+    changes to tracked files), or None outside a git checkout: which code a kept
+    result was measured with."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(HERE))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=10", "HEAD"],
+                              capture_output=True, text=True, timeout=30)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
 def _median_after_warmup(times, warmup):
     t = times[warmup:] if len(times) > warmup else times
     return float(np.median(t)), float(np.mean(t)), len(t)
@@ -134,6 +177,8 @@ def train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
     losses, times, epochs_out = [], [], []
     peak_saved, step, first, run_s_before, rss_before = 0, 0, 0, 0.0, 0
     before = None
+    other, ticks = 0, 0                   # other processes' CPU ticks / all ticks, training only
+    code = [code_version()]               # one per process of a resumed run
     ck = _load_epoch_checkpoint(spec)
     if ck is not None:
         set_state(ck["state"])
@@ -141,6 +186,9 @@ def train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
         peak_saved, step, first = ck["peak_saved"], ck["step"], ck["epochs_done"]
         run_s_before, rss_before = ck["run_s"], ck["peak_rss_bytes"]
         before = ck.get("before")
+        # checkpoints written before these were recorded have neither: unknown, not zero
+        other, ticks = ck.get("other_ticks", 0), ck.get("ticks", 0)
+        code = ck.get("code", [None]) + code
         print(f"  resumed from {spec['ckpt_path']} after epoch {first}", file=sys.stderr,
               flush=True)
     elif spec.get("eval_before"):
@@ -150,7 +198,7 @@ def train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
               file=sys.stderr, flush=True)
     t_run = time.perf_counter()
     for e in range(first, epochs):
-        ep_losses, t_ep = [], time.perf_counter()
+        ep_losses, t_ep, c_ep = [], time.perf_counter(), cpu_counters()
         for idx in tqdm(per_epoch[e], desc=f"{label} epoch {e + 1}/{epochs}", leave=False,
                         mininterval=2.0, file=sys.stderr, disable=not spec.get("progress", True)):
             set_lr(_lr_at(spec, step, total))
@@ -163,11 +211,14 @@ def train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
             peak_saved = max(peak_saved, saved)
             step += 1
         train_s = time.perf_counter() - t_ep
+        o, t = other_cpu(c_ep, cpu_counters())
+        other, ticks = other + o, ticks + t
         t_ev = time.perf_counter()
         loss, acc = evaluate()
         epochs_out.append({"epoch": e + 1, "train_loss": float(np.mean(ep_losses)),
                            "test_loss": loss, "test_acc": acc, "train_s": train_s,
-                           "eval_s": time.perf_counter() - t_ev})
+                           "eval_s": time.perf_counter() - t_ev,
+                           "other_cpu_share": o / t if t else None})
         losses += ep_losses
         print(f"  {label} epoch {e + 1}/{epochs}: train loss {np.mean(ep_losses):.4f}  test "
               f"acc {acc:.4f}  {1e3 * np.median(times[-len(ep_losses):]):.1f} ms/step "
@@ -176,7 +227,8 @@ def train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
             write_bytes(spec["ckpt_path"], pickle.dumps({
                 "config": spec.get("config"), "epochs_done": e + 1, "step": step,
                 "losses": losses, "times": times, "epochs_out": epochs_out,
-                "peak_saved": peak_saved, "before": before,
+                "peak_saved": peak_saved, "before": before, "other_ticks": other,
+                "ticks": ticks, "code": code,
                 "run_s": run_s_before + time.perf_counter() - t_run,
                 "peak_rss_bytes": max(rss_before, peak_rss_bytes()), "state": get_state()}))
     med, mean, n = _median_after_warmup(times, spec["warmup_steps"])
@@ -188,7 +240,12 @@ def train_loop(spec, order, train_step, evaluate, set_lr, get_state, set_state):
             "resumed_after_epoch": first or None,
             "peak_rss_bytes": max(rss_before, peak_rss_bytes()),
             "peak_rss_before_training_bytes": rss_start,
-            "peak_saved_activation_bytes": int(peak_saved)}
+            "peak_saved_activation_bytes": int(peak_saved),
+            # share of the machine's CPU time other processes used during training
+            # (0: the run had the machine to itself); None where not measured
+            "other_cpu_share": other / ticks if ticks and all(
+                ep.get("other_cpu_share") is not None for ep in epochs_out) else None,
+            "code": list(dict.fromkeys(code))}    # distinct, in order of the segments
 
 
 def child_edgetrain(spec):
