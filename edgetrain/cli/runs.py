@@ -119,8 +119,8 @@ def other_cpu(c0, c1):
 
 def code_version():
     """The git commit of the checkout this file runs from (+"-dirty" with uncommitted
-    changes to tracked files), or None outside a git checkout: which code a kept
-    result was measured with."""
+    changes to tracked files outside benchmarks/results, which a run itself rewrites),
+    or None outside a git checkout: which code a kept result was measured with."""
     import subprocess
     root = os.path.dirname(os.path.dirname(HERE))
     try:
@@ -128,7 +128,8 @@ def code_version():
                               capture_output=True, text=True, timeout=30)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no",
+                                "--", ".", ":(exclude)benchmarks/results"],
                                capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
