@@ -57,7 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 # the engine of `edgetrain compare`: one child process per run (edgetrain/cli/runs.py)
-from edgetrain.cli.compare import machine, plot_runs, run_child  # noqa: E402
+from edgetrain.cli.compare import machine, plot_runs, run_child, share_text  # noqa: E402
 from edgetrain.cli.runs import TORCH, write_bytes  # noqa: E402
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -173,10 +173,6 @@ def _mib(b):
     return f"{b / 2**20:.1f}"
 
 
-def _share(v):
-    return "n/m" if v is None else f"{100 * v:.0f}"
-
-
 def _name(r):
     return r["framework"] + (" fp32" if r["precision"] == TORCH else f" {r['precision']}")
 
@@ -260,7 +256,7 @@ def write_report(args, mach, inputs, results, out_dir):
             lines.append(f"| {name} | {r['test_acc']:.4f} | {pp(d['vs_fp32_pp'])} | {pp(d['vs_torch_pp'])} | "
                          f"{r['epochs'][-1]['train_loss']:.4f} | {r['ms_step_median']:.1f} | "
                          f"{_mib(r['peak_rss_bytes'])} | {_mib(r['peak_rss_before_training_bytes'])} | "
-                         f"{_mib(r['peak_saved_activation_bytes'])} | {_share(r.get('other_cpu_share'))} |")
+                         f"{_mib(r['peak_saved_activation_bytes'])} | {share_text(r.get('other_cpu_share'))} |")
         d = diffs[model]
         if "int8_drop_pp" in d:
             if partial[model]:

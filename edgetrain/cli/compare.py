@@ -146,6 +146,12 @@ def plot_runs(path, title, runs, label=lambda r: r["precision"]):
 
 
 # -- the command ----------------------------------------------------------------------
+def share_text(v):
+    """A run's other_cpu_share as a table cell: percent, or n/m (not measured: a
+    result kept from before it was recorded, or not Linux)."""
+    return "n/m" if v is None else f"{100 * v:.0f}"
+
+
 def _run_label(r):
     return "pytorch fp32" if r["precision"] == TORCH else f"edgetrain {r['precision']}"
 
@@ -171,7 +177,7 @@ def _table(results, with_before):
                 f"{r['peak_rss_bytes'] / 2**20:.0f}",
                 f"{r['peak_saved_activation_bytes'] / 2**20:.2f}",
                 # a step time measured beside other work is not a clean measurement
-                "n/m" if r.get("other_cpu_share") is None else f"{100 * r['other_cpu_share']:.0f}"]
+                share_text(r.get("other_cpu_share"))]
         rows.append(row)
     return rows
 
